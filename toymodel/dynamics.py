@@ -34,7 +34,8 @@ from .problems import RayleighToy, SphereToy, as_problem, toy_grad, toy_group_lo
 STATUS_OK, STATUS_NONFINITE, STATUS_ZERO_NORM = 0, 1, 2
 INVALID_REASONS = {
     STATUS_NONFINITE: "non-finite state (overflow or NaN) during the run",
-    STATUS_ZERO_NORM: "a group reached zero norm",
+    # an overflowing rescale (|v| = inf) also lands here: rho/|v| = 0 zeroes the state
+    STATUS_ZERO_NORM: "a group's norm collapsed to zero or the rescaling overflowed",
 }
 #: names of the per-trajectory summaries, in the order kernels write them.
 SUMMARY_NAMES = ("tail_loss", "tail_loss_std", "final_loss", "min_share", "frac_above_threshold",
@@ -215,7 +216,7 @@ def simulate(problem, elr, steps, theta0=None, seed=0, constraint="total", radiu
         theta = project(problem.check_theta(theta0, "theta0").astype(np.float64), constraint,
                         radius, shares)
     target = _targets(theta, constraint)
-    lr = elr * radius**2
+    lr = elr * float(sphere.group_sq_norms(theta).sum())  # = elr * radius**2, as the kernels measure it
     n_rec = (steps + record_every - 1) // record_every
     n = problem.n_groups
     rec = {name: np.empty((n_rec, n) if name in ("individual_elr", "shares", "group_grad_norm")
@@ -340,7 +341,7 @@ def summarize_batch(problem, theta0, elr, *, steps, tail, constraint="total", al
                 pulled = _rescale(new + (eps * rho)[:, None, None] * dirn, constraint, target)
                 twin = np.where(alive[:, None, None], pulled, twin)
             theta = np.where(alive[:, None, None], new, theta)
-    final_loss = loss_fn(theta)
+        final_loss = loss_fn(theta)
     var = m2 / tail
     out = {
         "tail_loss": mean, "tail_loss_std": np.sqrt(np.maximum(var, 0)), "final_loss": final_loss,
