@@ -1,0 +1,530 @@
+r"""Phase-diagram scans: grids over ELR × configuration × seed, reduced to labelled summaries.
+
+A *cell* is one trajectory: an ELR :math:`\tilde\eta` (T3), a configuration (a problem of
+:mod:`toymodel.problems`, e.g. a :class:`~toymodel.problems.SphereToy` with curvatures
+:math:`\alpha_i`) and a seed (which fixes the initial state, :func:`toymodel.dynamics.initial_states`).
+Every cell is run by the batch backend (:func:`toymodel.backend.summarize`, the contract of
+:func:`toymodel.dynamics.summarize_batch`) and reduced to summaries: no traces are stored.
+
+The grid is cut into rectangular *chunks* (blocks of ELRs × configurations × seeds). One pure
+function, :func:`compute_chunk`, computes a chunk from its description alone, so the same chunk
+plan gives the same bits in-process, on Dask workers (:mod:`toymodel.distributed`) and after a
+resume from a zarr store (:mod:`toymodel._store`).
+
+Beside the observed ``regime`` (:func:`toymodel.regimes.classify_summary`, which judges the
+dynamics only), the dataset carries the theory's predictions for comparison:
+``predicted_regime`` (T10, T12), ``equilibrium_loss`` :math:`L^*=(\sum\alpha_i-1/\tilde\eta)/2`
+(T12), the thresholds :math:`1/\sum\alpha_i` and :math:`1/\min\alpha_i` (T10) and the random level.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import dynamics, regimes, theory
+from ._progress import progress
+from ._validate import constraint_name, positive_finite_array, positive_int
+from .problems import RayleighToy, SphereToy, _Problem, as_problem
+
+__all__ = ["scan", "agreement", "open_scan", "elr_grid", "plan_chunks", "compute_chunk", "CELL_DIMS",
+           "TARGET_ELEMENT_STEPS"]
+
+CELL_DIMS = ("elr", "config", "seed")
+#: work per chunk (trajectories × n × d × steps) the default chunking aims at: about 1–5 s for a
+#: compiled CPU kernel on one core (docs/distributed.md, "chunking rule").
+TARGET_ELEMENT_STEPS = 2e8
+#: never more cells than this in one chunk (memory: every cell holds a few (n, d) states).
+MAX_CHUNK_CELLS = 1 << 20
+REGIME_WIDTH = max(len(s) for s in regimes.LABELS)
+REASON_WIDTH = 64
+
+#: test hook: called as ``hook(chunk_id, chunks_done)`` after each chunk is committed.
+_AFTER_CHUNK_HOOK = None
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+def elr_grid(spec) -> np.ndarray:
+    """ELRs from ``"a:b:N"`` (``N`` log-spaced values from ``a`` to ``b``, both included), a
+    comma list ``"0.1,0.2"``, or any sequence of positive numbers."""
+    if isinstance(spec, str):
+        text = spec.strip()
+        if ":" in text:
+            parts = text.split(":")
+            if len(parts) != 3:
+                raise ValueError(f"elrs must look like 'start:stop:count', got {spec!r}")
+            try:
+                a, b, n = float(parts[0]), float(parts[1]), int(parts[2])
+            except ValueError:
+                raise ValueError(f"elrs must look like 'start:stop:count' (two numbers and an "
+                                 f"integer), got {spec!r}") from None
+            a = positive_finite_array("elrs start", [a])[0]
+            b = positive_finite_array("elrs stop", [b])[0]
+            n = positive_int("elrs count", n)
+            return np.geomspace(a, b, n) if n > 1 else np.array([a])
+        try:
+            spec = [float(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            raise ValueError(f"elrs must be 'start:stop:count' or a comma list, got {spec!r}") from None
+    return positive_finite_array("elrs", np.atleast_1d(spec), ndim=1)
+
+
+def _seeds(seeds) -> np.ndarray:
+    """``N`` -> ``0..N-1``; a sequence of distinct non-negative integers as given."""
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
+        return np.arange(positive_int("seeds", seeds), dtype=np.int64)
+    if isinstance(seeds, str):
+        seeds = [t for t in seeds.split(",") if t.strip()]
+    try:
+        vals = [positive_int("seed", int(s) if not isinstance(s, float) else s, minimum=0)
+                for s in seeds]
+    except TypeError:
+        raise ValueError(f"seeds must be a count or a sequence of non-negative integers, got {seeds!r}") from None
+    if not vals or len(set(vals)) != len(vals):
+        raise ValueError(f"seeds must be a non-empty sequence of distinct integers, got {seeds!r}")
+    return np.asarray(vals, dtype=np.int64)
+
+
+def _is_alphas(x) -> bool:
+    if isinstance(x, str):
+        return True
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return arr.ndim == 1
+
+
+def _configs(problem_or_alphas, dim) -> list:
+    """One problem, one curvature sequence, or a list of either -> list of problems."""
+    if isinstance(problem_or_alphas, _Problem) or _is_alphas(problem_or_alphas):
+        items = [problem_or_alphas]
+    else:
+        items = list(problem_or_alphas)
+    if not items:
+        raise ValueError("problem_or_alphas must name at least one configuration, got an empty list")
+    return [p if isinstance(p, _Problem) else SphereToy(p, dim=dim) for p in items]
+
+
+def _dtype(dtype) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.dtype(np.float64), np.dtype(np.float32)):
+        raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    return dt
+
+
+def _problem_key(p) -> tuple:
+    """Configurations that can share one kernel call: toys of equal (n, d); a Rayleigh toy alone."""
+    if isinstance(p, SphereToy):
+        return ("sphere_toy", p.n_groups, p.dim)
+    return ("single", id(p))
+
+
+def _problem_record(p) -> dict:
+    d = p.describe()
+    if isinstance(p, RayleighToy):
+        d["A_sha256"] = hashlib.sha256(np.ascontiguousarray(p.A).tobytes()).hexdigest()
+    return d
+
+
+# -- the plan -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScanPlan:
+    """Everything that determines the bits of a scan, and the chunk grid."""
+
+    configs: tuple
+    elrs: np.ndarray
+    seeds: np.ndarray
+    steps: int
+    tail: int
+    constraint: str
+    dtype: str
+    lyapunov: bool
+    backend: str
+    chunks: tuple  # (ce, cc, cs)
+
+    @property
+    def shape(self) -> tuple:
+        return (self.elrs.size, len(self.configs), self.seeds.size)
+
+    @property
+    def grid(self) -> tuple:
+        return tuple(-(-n // c) for n, c in zip(self.shape, self.chunks))
+
+    @property
+    def n_chunks(self) -> int:
+        return int(np.prod(self.grid))
+
+    @property
+    def n_cells(self) -> int:
+        return int(np.prod(self.shape))
+
+    def region(self, chunk_id: int) -> tuple:
+        """The slices ``(elr, config, seed)`` of chunk ``chunk_id`` (C order over the chunk grid)."""
+        idx = np.unravel_index(chunk_id, self.grid)
+        return tuple(slice(int(i) * c, min((int(i) + 1) * c, n)) for i, c, n in zip(idx, self.chunks, self.shape))
+
+    def task(self, chunk_id: int) -> "ChunkTask":
+        se, sc, ss = self.region(chunk_id)
+        return ChunkTask(chunk_id=chunk_id, configs=self.configs[sc], elrs=self.elrs[se],
+                         seeds=self.seeds[ss], steps=self.steps, tail=self.tail,
+                         constraint=self.constraint, dtype=self.dtype, lyapunov=self.lyapunov,
+                         backend=self.backend)
+
+    def params(self) -> dict:
+        """JSON parameters: the manifest of a store; its hash identifies the plan."""
+        return {
+            "format": "toymodel-scan/1",
+            "configs": [_problem_record(p) for p in self.configs],
+            "elrs": [float(x).hex() for x in self.elrs],
+            "seeds": self.seeds.tolist(), "steps": self.steps, "tail": self.tail,
+            "constraint": self.constraint, "dtype": self.dtype, "lyapunov": self.lyapunov,
+            "backend": self.backend, "chunks": list(self.chunks), "radius": 1.0,
+            "conv_rtol": regimes.CONV_RTOL, "div_frac": regimes.DIV_FRAC,
+        }
+
+    def digest(self) -> str:
+        text = json.dumps(self.params(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def cell_vars(self) -> dict:
+        """Per-cell variables -> dtype, in write order."""
+        dt = np.dtype(self.dtype)
+        names = [n for n in dynamics.SUMMARY_NAMES if self.lyapunov or n != "lyapunov"]
+        out = {n: dt for n in names}
+        out.update(status=np.dtype(np.int8), bad_step=np.dtype(np.int64),
+                   regime=np.dtype(f"<U{REGIME_WIDTH}"), regime_reason=np.dtype(f"<U{REASON_WIDTH}"))
+        return out
+
+
+def plan_chunks(shape, work_per_cell, chunk_size=None) -> tuple:
+    """Chunk shape ``(ce, cc, cs)`` for a grid ``shape`` = (ELRs, configs, seeds).
+
+    Rule: ``cells = TARGET_ELEMENT_STEPS / work_per_cell`` (work = n·d·steps, doubled with the
+    Lyapunov twin) clipped to [1, MAX_CHUNK_CELLS], or ``chunk_size`` cells when given (an int),
+    or an explicit ``(ce, cc, cs)``. A chunk takes all seeds first, then ELRs, then configs.
+    """
+    E, C, S = shape
+    if isinstance(chunk_size, (tuple, list)):
+        if len(chunk_size) != 3:
+            raise ValueError(f"chunk_size must be an int or (elr, config, seed) sizes, got {chunk_size!r}")
+        return tuple(min(positive_int("chunk_size entry", c), n) for c, n in zip(chunk_size, shape))
+    if chunk_size is None:
+        cells = int(np.clip(TARGET_ELEMENT_STEPS // max(work_per_cell, 1), 1, MAX_CHUNK_CELLS))
+    else:
+        cells = positive_int("chunk_size", chunk_size)
+    cs = min(S, cells)
+    ce = min(E, max(1, cells // cs))
+    cc = min(C, max(1, cells // (cs * ce)))
+    return (ce, cc, cs)
+
+
+def _plan(problem_or_alphas, elrs, seeds, steps, tail, constraint, backend, dtype, lyapunov,
+          chunk_size, dim) -> ScanPlan:
+    from .backend import BACKENDS
+    configs = tuple(_configs(problem_or_alphas, dim))
+    elrs = elr_grid(elrs)
+    seeds = _seeds(seeds)
+    steps = positive_int("steps", steps)
+    tail = positive_int("tail", tail)
+    if tail > steps:
+        raise ValueError(f"tail must be in [1, steps={steps}], got {tail}")
+    constraint = constraint_name(constraint)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    dt = _dtype(dtype)
+    if not isinstance(lyapunov, (bool, np.bool_)):
+        raise ValueError(f"lyapunov must be True or False, got {lyapunov!r}")
+    work = max(p.n_groups * p.dim for p in configs) * steps * (2 if lyapunov else 1)
+    chunks = plan_chunks((elrs.size, len(configs), seeds.size), work, chunk_size)
+    return ScanPlan(configs=configs, elrs=elrs, seeds=seeds, steps=steps, tail=tail,
+                    constraint=constraint, dtype=dt.name, lyapunov=bool(lyapunov),
+                    backend=backend, chunks=chunks)
+
+
+# -- one chunk: the pure function every executor runs ------------------------------------------------
+@dataclass(frozen=True)
+class ChunkTask:
+    """A chunk described by value (picklable): what :func:`compute_chunk` needs and nothing else."""
+
+    chunk_id: int
+    configs: tuple
+    elrs: np.ndarray
+    seeds: np.ndarray
+    steps: int
+    tail: int
+    constraint: str
+    dtype: str
+    lyapunov: bool
+    backend: str
+
+
+def _reason_text(status: np.ndarray) -> np.ndarray:
+    out = np.full(status.shape, "", dtype=object)
+    for code, text in dynamics.INVALID_REASONS.items():
+        out[status == code] = text
+    unknown = (status != 0) & (out == "")
+    out[unknown] = "invalid (status code " + status[unknown].astype(str).astype(object) + ")"
+    return out
+
+
+def compute_chunk(task: ChunkTask) -> dict:
+    """Summaries of every cell of one chunk, arrays of shape ``(ce, cc, cs)``.
+
+    Configurations of equal shape share one :func:`toymodel.backend.summarize` call (the toy's
+    curvatures go per trajectory); the initial states come from the seeds alone
+    (:func:`toymodel.dynamics.initial_states`), so a cell's inputs never depend on the chunking.
+    Returns the per-cell variables plus ``"_backend"`` (the backend that ran).
+    """
+    from . import backend as _backend
+
+    dt = np.dtype(task.dtype)
+    ce, cc, cs = task.elrs.size, len(task.configs), task.seeds.size
+    names = [n for n in dynamics.SUMMARY_NAMES if task.lyapunov or n != "lyapunov"]
+    out = {n: np.full((ce, cc, cs), np.nan, dt) for n in names}
+    out["status"] = np.zeros((ce, cc, cs), np.int8)
+    out["bad_step"] = np.full((ce, cc, cs), -1, np.int64)
+    groups: dict = {}
+    for j, p in enumerate(task.configs):
+        groups.setdefault(_problem_key(p), []).append(j)
+    used = set()
+    for members in groups.values():
+        rep = task.configs[members[0]]
+        g = len(members)
+        init = [dynamics.initial_states(task.configs[j], task.seeds, task.constraint,
+                                        twin=task.lyapunov) for j in members]
+        states = np.stack([s[0] if task.lyapunov else s for s in init])  # (g, cs, n, d)
+        n, d = states.shape[-2:]
+        theta0 = np.broadcast_to(states[None], (ce, g, cs, n, d)).reshape(-1, n, d).astype(dt)
+        twin = None
+        if task.lyapunov:
+            dirs = np.stack([s[1] for s in init])
+            twin = np.broadcast_to(dirs[None], (ce, g, cs, n, d)).reshape(-1, n, d).astype(dt)
+        elr = np.broadcast_to(task.elrs[:, None, None], (ce, g, cs)).reshape(-1).astype(np.float64)
+        alphas = None
+        if isinstance(rep, SphereToy):
+            a = np.stack([task.configs[j].alphas for j in members])  # (g, n)
+            alphas = np.broadcast_to(a[None, :, None, :], (ce, g, cs, n)).reshape(-1, n).astype(dt)
+        used.add(_backend.resolve(task.backend, theta0))
+        res = _backend.summarize(rep, theta0, elr, steps=task.steps, tail=task.tail,
+                                 constraint=task.constraint, alphas=alphas, twin_dirs=twin,
+                                 backend=task.backend)
+        for name in names + ["status", "bad_step"]:
+            vals = np.asarray(res[name]).reshape(ce, g, cs)
+            out[name][:, members, :] = vals.astype(out[name].dtype, copy=False)
+    rand = np.array([p.random_loss() for p in task.configs])[None, :, None]
+    labels, reasons = regimes.classify_summary(out["tail_loss"], rand,
+                                               invalid_reason=_reason_text(out["status"]))
+    out["regime"] = labels.astype(f"<U{REGIME_WIDTH}")
+    out["regime_reason"] = np.array([r[:REASON_WIDTH] for r in reasons.ravel()],
+                                    dtype=f"<U{REASON_WIDTH}").reshape(reasons.shape)
+    out["_backend"] = ",".join(sorted(used))
+    return out
+
+
+# -- the dataset ----------------------------------------------------------------------------------
+def _static_vars(plan: ScanPlan) -> dict:
+    """Per-config and per-(elr, config) variables: inputs and the theory's predictions."""
+    C = len(plan.configs)
+    G = max(p.alphas.size for p in plan.configs)
+    alphas = np.full((C, G), np.nan)
+    for j, p in enumerate(plan.configs):
+        alphas[j, :p.alphas.size] = p.alphas
+    E = plan.elrs.size
+    eq = np.full((E, C), np.nan)
+    pred = np.empty((E, C), dtype=f"<U{REGIME_WIDTH}")
+    for j, p in enumerate(plan.configs):
+        for i, elr in enumerate(plan.elrs):
+            pred[i, j] = theory.predict_regime(elr, p.alphas, plan.constraint)
+            if isinstance(p, SphereToy) and plan.constraint == "total":
+                eq[i, j] = theory.equilibrium_loss(elr, p.alphas)
+    return {
+        "alphas": (("config", "group"), alphas,
+                   {"long_name": "curvatures alpha_i (NaN-padded to the largest group count)"}),
+        "n_groups": (("config",), np.array([p.n_groups for p in plan.configs], np.int64), {}),
+        "dim": (("config",), np.array([p.dim for p in plan.configs], np.int64), {}),
+        "problem": (("config",), np.array([p.kind for p in plan.configs], dtype="<U16"), {}),
+        "random_loss": (("config",), np.array([p.random_loss() for p in plan.configs]),
+                        {"long_name": "random level: loss of a scrambled direction"}),
+        "total_threshold": (("config",), np.array([theory.total_threshold(p.alphas) for p in plan.configs]),
+                            {"long_name": "1/sum(alpha) (T10, T12)"}),
+        "divergence_threshold": (("config",),
+                                 np.array([theory.divergence_threshold(p.alphas) for p in plan.configs]),
+                                 {"long_name": "1/min(alpha) (T10)"}),
+        "equilibrium_loss": (("elr", "config"), eq,
+                             {"long_name": "(sum(alpha) - 1/elr)/2 above 1/sum(alpha), else 0 (T12; "
+                                           "toy, total constraint; NaN otherwise)"}),
+        "predicted_regime": (("elr", "config"), pred, {"long_name": "theory.predict_regime (T10, T12)"}),
+    }
+
+
+def _attrs(plan: ScanPlan) -> dict:
+    from . import __version__
+    return {
+        "title": "toymodel fixed-ELR phase-diagram scan",
+        "toymodel_version": __version__,
+        "backend_requested": plan.backend,
+        "backend": "",
+        "dtype": plan.dtype,
+        "seeds": json.dumps(plan.seeds.tolist()),
+        "steps": plan.steps,
+        "tail": plan.tail,
+        "constraint": plan.constraint,
+        "lyapunov": int(plan.lyapunov),
+        "radius": 1.0,
+        "problems": json.dumps([_problem_record(p) for p in plan.configs]),
+        "classifier": json.dumps({"conv_rtol": regimes.CONV_RTOL, "div_frac": regimes.DIV_FRAC,
+                                  "random_level": "problem.random_loss()"}),
+        "chunks": json.dumps(list(plan.chunks)),
+        "plan_hash": plan.digest(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def template(plan: ScanPlan, lazy: bool = True):
+    """The scan's ``xarray.Dataset`` before any cell is computed: per-cell variables hold their fill
+    values (a zero-memory broadcast when ``lazy``), coordinates, predictions and attrs are final."""
+    import xarray as xr
+
+    shape = plan.shape
+    fills = {np.dtype(np.int8): 0, np.dtype(np.int64): -1}
+    data = {}
+    for name, dt in plan.cell_vars().items():
+        fill = np.array(np.nan if dt.kind == "f" else ("" if dt.kind == "U" else fills[dt]), dtype=dt)
+        arr = np.broadcast_to(fill, shape) if lazy else np.full(shape, fill, dtype=dt)
+        data[name] = (CELL_DIMS, arr)
+    for name, (dims, arr, attrs) in _static_vars(plan).items():
+        data[name] = (dims, arr, attrs)
+    ds = xr.Dataset(data, coords={"elr": plan.elrs, "config": np.arange(len(plan.configs)),
+                                  "seed": plan.seeds,
+                                  "group": np.arange(max(p.alphas.size for p in plan.configs))})
+    ds["status"].attrs["flag_meanings"] = json.dumps({"0": "ok", **{str(k): v for k, v in
+                                                                   dynamics.INVALID_REASONS.items()}})
+    ds.attrs.update(_attrs(plan))
+    return ds
+
+
+# -- the public entry point ---------------------------------------------------------------------------
+def scan(problem_or_alphas, elrs, seeds=4, steps=20000, tail=2000, constraint="total",
+         backend="auto", dtype="float64", store=None, lyapunov=False, client=None,
+         chunk_size=None, progress_bar=True, dim=2):
+    r"""Run every cell of the grid ELR × configuration × seed and return an ``xarray.Dataset``.
+
+    Parameters
+    ----------
+    problem_or_alphas : a problem, a curvature sequence (a :class:`SphereToy` of dimension ``dim``),
+        or a list of them (the ``config`` dimension). Configurations of different shapes are
+        run in separate kernel calls.
+    elrs : ELRs :math:`\tilde\eta` (T3): a sequence, ``"a:b:N"`` (N log-spaced) or ``"x,y,z"``.
+    seeds : a count ``N`` (seeds ``0..N-1``) or a sequence of distinct non-negative integers;
+        the initial state depends on the seed, the problem's shape and the constraint only.
+    steps, tail : steps per trajectory and the tail window the summaries average over.
+    constraint : ``"total"`` or ``"individual"`` (T7).
+    backend : passed unchanged to :func:`toymodel.backend.summarize`.
+    dtype : ``"float64"`` or ``"float32"``: the computing dtype.
+    store : path of a zarr store (``"scan.zarr"``): chunks are written as they finish and the same
+        call resumes an interrupted scan (see :mod:`toymodel._store`); a store made with other
+        parameters raises ``ValueError``. The returned dataset then reads lazily from the store.
+    lyapunov : also estimate the largest Lyapunov exponent (a twin trajectory per cell).
+    client : ``None`` (in-process), a ``dask.distributed.Client`` or a scheduler address
+        ``"tcp://host:port"``: chunks run on the Dask workers, the results are written here.
+    chunk_size : cells per chunk (int) or ``(elr, config, seed)`` sizes; default from the work
+        per cell (:func:`plan_chunks`).
+    progress_bar : show cells done / total.
+
+    Dataset: dims ``(elr, config, seed)``; per-cell ``tail_loss``, ``tail_loss_std``,
+    ``final_loss``, ``min_share``, ``frac_above_threshold``, ``tail_grad_norm``, ``tail_angle``
+    (``lyapunov``), ``status``, ``bad_step``, ``regime``, ``regime_reason``; per configuration
+    ``alphas`` (dim ``group``), ``random_loss``, ``total_threshold``, ``divergence_threshold``;
+    per (elr, config) ``equilibrium_loss`` and ``predicted_regime``; provenance in attrs.
+    """
+    plan = _plan(problem_or_alphas, elrs, seeds, steps, tail, constraint, backend, dtype,
+                 lyapunov, chunk_size, dim)
+    if store is None:
+        ds = template(plan, lazy=False)
+        sink = _MemorySink(ds, plan)
+        todo = list(range(plan.n_chunks))
+    else:
+        from ._store import ScanStore
+        sink = ScanStore.open_or_create(store, plan, lambda: template(plan, lazy=True))
+        done = sink.done_chunks()
+        todo = [c for c in range(plan.n_chunks) if c not in done]
+    done_cells = plan.n_cells - sum(_cells(plan, c) for c in todo)
+    with progress(total=plan.n_cells, desc="scan cells", disable=not progress_bar) as bar:
+        if done_cells:
+            bar.update(done_cells)
+        counter = [plan.n_chunks - len(todo)]
+
+        def commit(chunk_id, result):
+            sink.write(chunk_id, plan.region(chunk_id), result)
+            bar.update(_cells(plan, chunk_id))
+            counter[0] += 1
+            if _AFTER_CHUNK_HOOK is not None:
+                _AFTER_CHUNK_HOOK(chunk_id, counter[0])
+
+        if client is None:
+            for c in todo:
+                commit(c, compute_chunk(plan.task(c)))
+        else:
+            from .distributed import run_chunks
+            run_chunks(client, plan, todo, commit)
+    return sink.finish()
+
+
+def _cells(plan, chunk_id) -> int:
+    return int(np.prod([s.stop - s.start for s in plan.region(chunk_id)]))
+
+
+class _MemorySink:
+    """Writes chunk results into an in-memory dataset (``store=None``)."""
+
+    def __init__(self, ds, plan):
+        self.ds, self.plan, self.backends = ds, plan, set()
+
+    def write(self, chunk_id, region, result):
+        for name in self.plan.cell_vars():
+            self.ds[name].values[region] = result[name]
+        self.backends.update(b for b in result["_backend"].split(",") if b)
+
+    def finish(self):
+        self.ds.attrs["backend"] = ",".join(sorted(self.backends))
+        return self.ds
+
+
+# -- comparing labels with the theory -------------------------------------------------------------------
+def agreement(ds, window: float = 0.0, by_config: bool = False):
+    r"""Fraction of cells whose observed ``regime`` equals ``predicted_regime``.
+
+    Cells with :math:`|\tilde\eta\sum\alpha_i-1|\le` ``window`` (a relative window around the
+    total threshold :math:`1/\sum\alpha_i`, T12, where convergence is slow and a finite run cannot
+    decide) are left out. Invalid cells count as disagreements. Returns a float, or a DataArray
+    over ``config`` with ``by_config=True``.
+    """
+    window = float(window)
+    if not (0.0 <= window < 1.0):
+        raise ValueError(f"window must be in [0, 1), got {window!r}")
+    match = ds["regime"] == ds["predicted_regime"]
+    keep = abs(ds["elr"] / ds["total_threshold"] - 1.0) > window
+    keep = keep.broadcast_like(match)
+    num = (match & keep).sum(("elr", "seed"))
+    den = keep.sum(("elr", "seed"))
+    if by_config:
+        return num / den
+    total = int(den.sum())
+    if total == 0:
+        raise ValueError(f"window={window} leaves no cell to compare")
+    return float(num.sum()) / total
+
+
+def open_scan(path, allow_incomplete: bool = False):
+    """Open a scan store written by :func:`scan` (lazy ``xarray.Dataset``); an unfinished store
+    raises ``ValueError`` unless ``allow_incomplete``."""
+    from ._store import open_store
+    return open_store(path, allow_incomplete=allow_incomplete)
