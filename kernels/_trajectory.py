@@ -1,0 +1,403 @@
+r"""One trajectory of projected GD with fixed ELR, written once for every compiled target.
+
+The functions below are plain Python over a state *view* ``th`` of shape ``(n, d)`` (``n`` SI
+groups in :math:`\mathbb{R}^d`). :func:`build` compiles them with a given decorator: ``numba.njit``
+for the CPU kernel (views ``theta[b]``, contiguous) and ``numba.cuda.jit(device=True)`` for the
+CUDA kernel (views ``theta[:, :, b]`` of a ``(n, d, B)`` array, so neighbouring threads touch
+neighbouring addresses). Nothing here imports numba, numpy or toymodel, draws random numbers or
+allocates: every buffer is passed in. The float operations follow
+``toymodel.dynamics.summarize_batch`` (the specification) in the same order, so float64 results
+agree with it to rounding.
+
+Notation (THEORY.md T5, T7): :math:`\eta=\tilde\eta\rho^2` with :math:`\rho=\|\theta_0\|`; one
+step is :math:`v=\theta-\eta\nabla F(\theta)` rescaled to total norm :math:`\rho` ("total") or to
+the initial group norms :math:`r_i=\|\theta_{0,i}\|` ("individual").
+
+Accumulators ``acc`` (7 float64 per trajectory) over the tail window: 0 Welford mean of the loss,
+1 Welford M2, 2 min share, 3 count of (step, group) with :math:`\eta\alpha_i>\|\theta_i\|^2` (T10),
+4 sum of the effective gradient norm :math:`\|\theta\|\|\nabla F\|` (T2), 5 sum of the angle (T6),
+6 sum of the Lyapunov log-stretch.
+"""
+from __future__ import annotations
+
+import math
+import types
+from types import SimpleNamespace
+
+#: number of per-trajectory accumulators, and of summaries written (order of SUMMARY_NAMES).
+N_ACC = 7
+N_OUT = 8
+STATUS_OK, STATUS_NONFINITE, STATUS_ZERO_NORM = 0, 1, 2
+
+
+def _rescale(v, individual, rho, radii):
+    r"""In place: total :math:`v\leftarrow\rho v/\|v\|`; individual :math:`v_i\leftarrow r_i v_i/\|v_i\|` (T5, §3)."""
+    n, d = v.shape
+    if individual:
+        for i in range(n):
+            s = v[i, 0] * v[i, 0]
+            for k in range(1, d):
+                s += v[i, k] * v[i, k]
+            f = radii[i] / math.sqrt(s)
+            for k in range(d):
+                v[i, k] = v[i, k] * f
+    else:
+        tot = 0.0
+        for i in range(n):
+            s = v[i, 0] * v[i, 0]
+            for k in range(1, d):
+                s += v[i, k] * v[i, k]
+            tot += s
+        f = rho / math.sqrt(tot)
+        for i in range(n):
+            for k in range(d):
+                v[i, k] = v[i, k] * f
+
+
+def _toy_advance(th, al, lr, individual, rho, radii, new):
+    r"""``new`` :math:`\leftarrow P(\theta-\eta\nabla F(\theta))` for the canonical toy; returns
+    :math:`(F(\theta), \|\nabla F(\theta)\|^2)`.
+
+    Per group, :math:`x=\theta_{i,1}`, :math:`p^2=\sum_{k\ge2}\theta_{i,k}^2`, :math:`r^2=p^2+x^2`:
+    :math:`F_i=\alpha_i p^2/r^2`, :math:`\partial_1=-2\alpha_i x p^2/r^4`,
+    :math:`\partial_k=2\alpha_i x^2\theta_{i,k}/r^4` (toymodel.problems.SphereToy).
+    """
+    n, d = th.shape
+    loss = 0.0
+    gsq = 0.0
+    for i in range(n):
+        x = th[i, 0]
+        perp = th[i, 1] * th[i, 1]
+        for k in range(2, d):
+            perp += th[i, k] * th[i, k]
+        sq = perp + x * x
+        coef = 2.0 * al[i] / (sq * sq)
+        loss += al[i] * (perp / sq)
+        g0 = -coef * x * perp
+        c2 = coef * x * x
+        new[i, 0] = x - lr * g0
+        gs = g0 * g0
+        for k in range(1, d):
+            gk = c2 * th[i, k]
+            gs += gk * gk
+            new[i, k] = th[i, k] - lr * gk
+        gsq += gs
+    _rescale(new, individual, rho, radii)
+    return loss, gsq
+
+
+def _toy_loss(th, al):
+    r""":math:`F(\theta)=\sum_i\alpha_i p_i^2/r_i^2` (the toy loss alone)."""
+    n, d = th.shape
+    loss = 0.0
+    for i in range(n):
+        x = th[i, 0]
+        perp = th[i, 1] * th[i, 1]
+        for k in range(2, d):
+            perp += th[i, k] * th[i, k]
+        loss += al[i] * (perp / (perp + x * x))
+    return loss
+
+
+def _rayleigh_advance(x, y, lr, rho, new):
+    r"""``new`` :math:`\leftarrow P(x-\eta\nabla F(x))` for the SI Rayleigh quotient given
+    :math:`y=(A-\lambda_1 I)x` (one group, views of shape ``(1, m)``); returns
+    :math:`(F(x), \|\nabla F(x)\|^2)`.
+
+    :math:`F=x^\top y/\|x\|^2` and :math:`\nabla F=2(y-Fx)/\|x\|^2`, the gradient of
+    toymodel.problems.RayleighToy written with the shifted matrix: identical in exact arithmetic,
+    and free of the cancellation in :math:`Ax-(x^\top Ax/\|x\|^2)x` near the minimiser.
+    """
+    m = x.shape[1]
+    sq = x[0, 0] * x[0, 0]
+    xy = x[0, 0] * y[0, 0]
+    for k in range(1, m):
+        sq += x[0, k] * x[0, k]
+        xy += x[0, k] * y[0, k]
+    loss = xy / sq
+    gsq = 0.0
+    for k in range(m):
+        g = 2.0 * (y[0, k] - loss * x[0, k]) / sq
+        gsq += g * g
+        new[0, k] = x[0, k] - lr * g
+    tot = new[0, 0] * new[0, 0]
+    for k in range(1, m):
+        tot += new[0, k] * new[0, k]
+    f = rho / math.sqrt(tot)
+    for k in range(m):
+        new[0, k] = new[0, k] * f
+    return loss, gsq
+
+
+def _matvec(Bs, x, y):
+    r""":math:`y\leftarrow (A-\lambda_1I)x` for one trajectory (``x``, ``y`` views ``(1, m)``)."""
+    m = x.shape[1]
+    for k in range(m):
+        s = 0.0
+        for j in range(m):
+            s += Bs[k, j] * x[0, j]
+        y[0, k] = s
+
+
+def _check(new):
+    """Status of a new state: 1 if any entry is non-finite, 2 if a group has zero norm, else 0."""
+    n, d = new.shape
+    for i in range(n):
+        for k in range(d):
+            if not math.isfinite(new[i, k]):
+                return STATUS_NONFINITE
+    for i in range(n):
+        s = new[i, 0] * new[i, 0]
+        for k in range(1, d):
+            s += new[i, k] * new[i, k]
+        if not s > 0.0:
+            return STATUS_ZERO_NORM
+    return STATUS_OK
+
+
+def _init_targets(th, radii):
+    r"""Write the group radii :math:`r_i=\|\theta_{0,i}\|` into ``radii``; return :math:`\rho=\|\theta_0\|`."""
+    n, d = th.shape
+    tot = 0.0
+    for i in range(n):
+        s = th[i, 0] * th[i, 0]
+        for k in range(1, d):
+            s += th[i, k] * th[i, k]
+        radii[i] = math.sqrt(s)
+        tot += s
+    return math.sqrt(tot)
+
+
+def _init_acc(acc):
+    for j in range(acc.shape[0]):
+        acc[j] = 0.0
+    acc[2] = math.inf
+
+
+def _tail_update(acc, k, th, new, loss, gsq, lr, al):
+    r"""Fold step ``k`` (1-based within the tail) into ``acc``: Welford mean/M2 of the loss, min share
+    (T7), threshold count :math:`\eta\alpha_i>\|\theta_i\|^2` (T10), effective gradient norm (T2),
+    angle :math:`2\arcsin(\|\hat\theta-\hat\theta'\|/2)` between :math:`\theta` and the new state (T6)."""
+    n, d = th.shape
+    tot = 0.0
+    smin = math.inf
+    above = 0.0
+    tot_new = 0.0
+    for i in range(n):
+        s = th[i, 0] * th[i, 0]
+        sn = new[i, 0] * new[i, 0]
+        for j in range(1, d):
+            s += th[i, j] * th[i, j]
+            sn += new[i, j] * new[i, j]
+        tot += s
+        tot_new += sn
+        if s < smin:
+            smin = s
+        if lr * al[i] > s:
+            above += 1.0
+    delta = loss - acc[0]
+    acc[0] = acc[0] + delta / k
+    acc[1] = acc[1] + delta * (loss - acc[0])
+    share = smin / tot
+    if share < acc[2]:
+        acc[2] = share
+    acc[3] += above
+    acc[4] += math.sqrt(tot * gsq)
+    na = math.sqrt(tot)
+    nb = math.sqrt(tot_new)
+    c2 = 0.0
+    for i in range(n):
+        for j in range(d):
+            u = th[i, j] / na - new[i, j] / nb
+            c2 += u * u
+    acc[5] += 2.0 * math.asin(min(math.sqrt(c2) / 2.0, 1.0))
+
+
+def _twin_pull(new, twn, tw, w, individual, rho, radii, eps, tiny):
+    r"""Lyapunov twin bookkeeping (spec: summarize_batch): :math:`\delta=` twin' − new,
+    returns :math:`\log(\max(\|\delta\|,\text{tiny})/(\epsilon\rho))` and writes the pulled-back twin
+    :math:`P(\text{new}+\epsilon\rho\,\delta/\|\delta\|)` into ``tw`` (along ``w`` if the twins merged).
+    A NaN distance propagates into the log (as np.maximum does) and re-seeds the twin along ``w``."""
+    n, d = new.shape
+    dist2 = 0.0
+    for i in range(n):
+        s = 0.0
+        for j in range(d):
+            u = twn[i, j] - new[i, j]
+            s += u * u
+        dist2 += s
+    dist = math.sqrt(dist2)
+    er = eps * rho
+    m = tiny if dist < tiny else dist
+    out = math.log(m / er)
+    if dist > 0.0:
+        for i in range(n):
+            for j in range(d):
+                tw[i, j] = new[i, j] + er * ((twn[i, j] - new[i, j]) / dist)
+    else:
+        for i in range(n):
+            for j in range(d):
+                tw[i, j] = new[i, j] + er * w[i, j]
+    _rescale(tw, individual, rho, radii)
+    return out
+
+
+def _twin_init(th, tw, w, individual, rho, radii, eps):
+    r"""The twin's start :math:`P(\theta_0+\epsilon\rho w)`."""
+    n, d = th.shape
+    er = eps * rho
+    for i in range(n):
+        for j in range(d):
+            tw[i, j] = th[i, j] + er * w[i, j]
+    _rescale(tw, individual, rho, radii)
+
+
+def _copy(src, dst):
+    n, d = src.shape
+    for i in range(n):
+        for j in range(d):
+            dst[i, j] = src[i, j]
+
+
+def _finish(acc, out, b, tail, n, use_twin, ok, final_loss):
+    """Write the 8 summaries of trajectory ``b`` into ``out[:, b]`` (NaN for a failed trajectory)."""
+    nan = math.nan
+    if not ok:
+        for j in range(out.shape[0]):
+            out[j, b] = nan
+        return
+    out[0, b] = acc[0]
+    var = acc[1] / tail
+    out[1, b] = math.sqrt(var if var > 0.0 else 0.0)
+    out[2, b] = final_loss
+    out[3, b] = acc[2]
+    out[4, b] = acc[3] / (tail * n)
+    out[5, b] = acc[4] / tail
+    out[6, b] = acc[5] / tail
+    out[7, b] = acc[6] / tail if use_twin else nan
+
+
+def build(jit):
+    """Compile the trajectory functions with ``jit`` (a decorator for callable-from-kernel functions).
+
+    Returns a namespace with ``toy_run`` (a whole toy trajectory), ``rayleigh_run`` (a whole
+    Rayleigh trajectory with an in-thread mat-vec, for GPUs) and ``rayleigh_substep`` (one step of
+    one Rayleigh trajectory given :math:`y=(A-\\lambda_1I)x` from a batched matrix product).
+    """
+    rescale = jit(_rescale)
+    check = jit(_check)
+    init_targets = jit(_init_targets)
+    init_acc = jit(_init_acc)
+    tail_update = jit(_tail_update)
+    copy = jit(_copy)
+    finish = jit(_finish)
+    matvec = jit(_matvec)
+    # module-level helpers that call _rescale get a copy whose global points at the compiled one
+    g = {"_rescale": rescale}
+    toy_advance = jit(_rebind(_toy_advance, g))
+    toy_loss = jit(_toy_loss)
+    rayleigh_advance = jit(_rayleigh_advance)
+    twin_pull = jit(_rebind(_twin_pull, g))
+    twin_init = jit(_rebind(_twin_init, g))
+
+    def toy_run(th, al, elr, w, use_twin, individual, steps, tail, eps, tiny,
+                nxt, tw, twn, radii, acc, out, b):
+        """Run trajectory ``b`` in place (``th`` ends as the final or frozen state); write its
+        summaries; return (status, bad_step)."""
+        n = th.shape[0]
+        rho = init_targets(th, radii)
+        lr = elr * rho * rho
+        init_acc(acc)
+        if use_twin:
+            twin_init(th, tw, w, individual, rho, radii, eps)
+        start = steps - tail
+        status = 0
+        bad = -1
+        cur = th
+        new = nxt
+        for t in range(steps):
+            loss, gsq = toy_advance(cur, al, lr, individual, rho, radii, new)
+            code = check(new)
+            if code != 0:
+                status = code
+                bad = t
+                break
+            if t >= start:
+                tail_update(acc, t - start + 1, cur, new, loss, gsq, lr, al)
+            if use_twin:
+                toy_advance(tw, al, lr, individual, rho, radii, twn)
+                lg = twin_pull(new, twn, tw, w, individual, rho, radii, eps, tiny)
+                if t >= start:
+                    acc[6] += lg
+            cur, new = new, cur   # swap buffers instead of copying the state
+        if status == 0 and steps % 2 == 1:
+            copy(cur, th)
+        elif status != 0 and bad % 2 == 1:
+            copy(cur, th)
+        finish(acc, out, b, tail, n, use_twin, status == 0, toy_loss(th, al))
+        return status, bad
+
+    def rayleigh_substep(t, x, y, new, tw, ytw, twn, w, lr, rho, radii, al, use_twin, start,
+                         eps, tiny, acc):
+        """One step of one Rayleigh trajectory given ``y`` = shifted A times ``x`` (and ``ytw`` for
+        the twin ``tw``); ``x`` becomes the new state. Returns the status code of the step."""
+        loss, gsq = rayleigh_advance(x, y, lr, rho, new)
+        code = check(new)
+        if code != 0:
+            return code
+        if t >= start:
+            tail_update(acc, t - start + 1, x, new, loss, gsq, lr, al)
+        if use_twin:
+            rayleigh_advance(tw, ytw, lr, rho, twn)
+            lg = twin_pull(new, twn, tw, w, False, rho, radii, eps, tiny)
+            if t >= start:
+                acc[6] += lg
+        copy(new, x)
+        return 0
+
+    rayleigh_substep_c = jit(rayleigh_substep)
+
+    def rayleigh_run(Bs, x, al, elr, w, use_twin, steps, tail, eps, tiny,
+                     y, new, tw, ytw, twn, radii, acc, out, b):
+        """A whole Rayleigh trajectory in one thread (mat-vec per step); returns (status, bad_step)."""
+        rho = init_targets(x, radii)
+        lr = elr * rho * rho
+        init_acc(acc)
+        if use_twin:
+            twin_init(x, tw, w, False, rho, radii, eps)
+        start = steps - tail
+        status = 0
+        bad = -1
+        for t in range(steps):
+            matvec(Bs, x, y)
+            if use_twin:
+                matvec(Bs, tw, ytw)
+            code = rayleigh_substep_c(t, x, y, new, tw, ytw, twn, w, lr, rho, radii, al,
+                                      use_twin, start, eps, tiny, acc)
+            if code != 0:
+                status = code
+                bad = t
+                break
+        matvec(Bs, x, y)
+        sq = 0.0
+        xy = 0.0
+        for k in range(x.shape[1]):
+            sq += x[0, k] * x[0, k]
+            xy += x[0, k] * y[0, k]
+        finish(acc, out, b, tail, 1, use_twin, status == 0, xy / sq)
+        return status, bad
+
+    # nested functions see the compiled helpers as closure variables (frozen at compile time)
+    toy_run_c = jit(toy_run)
+    rayleigh_run_c = jit(rayleigh_run)
+    return SimpleNamespace(toy_run=toy_run_c, rayleigh_run=rayleigh_run_c,
+                           rayleigh_substep=rayleigh_substep_c, init_targets=init_targets,
+                           init_acc=init_acc, twin_init=twin_init, finish=finish)
+
+
+def _rebind(fn, names):
+    """A copy of ``fn`` whose globals resolve ``names`` to the compiled helpers (numba freezes
+    globals at compile time, so each target gets its own copy)."""
+    glob = dict(fn.__globals__)
+    glob.update(names)
+    return types.FunctionType(fn.__code__, glob, fn.__name__, fn.__defaults__, fn.__closure__)

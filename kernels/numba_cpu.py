@@ -1,0 +1,100 @@
+r"""Numba CPU kernels: ``prange`` over trajectories, summaries reduced in-kernel, no traces.
+
+Contract shared by every module of :mod:`kernels` (inputs already validated by
+``toymodel.backend``; outputs preallocated; no RNG; never imports toymodel):
+
+* ``theta`` ``(B, n, d)``, in/out: initial states on the constraint set, overwritten with the final
+  (or, for a failed trajectory, the frozen) state. Its dtype (float64 or float32) is the
+  computing dtype of the state; accumulators are float64.
+* ``elr`` ``(B,)``, ``alphas`` ``(B, n)``, ``twin_dirs`` ``(B, n, d)`` unit directions (or any
+  ``(1, n, d)`` array when ``use_twin`` is false), ``individual`` (bool), ``steps``, ``tail``,
+  ``eps`` (the twin offset, sqrt of machine eps of the dtype), ``tiny`` (smallest normal number).
+* outputs ``out`` ``(8, B)`` (summaries in the order of ``SUMMARY_NAMES``), ``status`` ``(B,)`` int8,
+  ``bad_step`` ``(B,)`` int64.
+
+The toy kernel runs the whole time loop of one trajectory inside one ``prange`` iteration, so its
+state stays in L1/L2 cache. The Rayleigh kernel (dense A shared by all trajectories) advances all
+trajectories together: one BLAS GEMM :math:`Y=S(A-\lambda_1I)` per step (``S`` stacks states and
+twins), then a ``prange`` over trajectories for the rest of the step.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from . import _trajectory as _tr
+
+# error_model="numpy": x/0 gives inf/nan (turned into a status code), never ZeroDivisionError.
+_T = _tr.build(lambda f: njit(f, error_model="numpy", nogil=True))
+_toy_run = _T.toy_run
+_rayleigh_substep = _T.rayleigh_substep
+_init_targets = _T.init_targets
+_init_acc = _T.init_acc
+_twin_init = _T.twin_init
+_finish = _T.finish
+N_OUT = _tr.N_OUT
+
+
+@njit(parallel=True, error_model="numpy")
+def toy_kernel(theta, elr, alphas, twin_dirs, use_twin, individual, steps, tail, eps, tiny,
+               out, status, bad_step):
+    """The canonical toy for ``B`` trajectories (see the module docstring for the contract)."""
+    B, n, d = theta.shape
+    for b in prange(B):
+        nxt = np.empty((n, d), theta.dtype)
+        tw = np.empty((n, d), theta.dtype)
+        twn = np.empty((n, d), theta.dtype)
+        radii = np.empty(n, theta.dtype)
+        acc = np.empty(_tr.N_ACC, np.float64)
+        wb = twin_dirs[b] if use_twin else twin_dirs[0]
+        s, k = _toy_run(theta[b], alphas[b], elr[b], wb, use_twin, individual, steps, tail, eps,
+                        tiny, nxt, tw, twn, radii, acc, out, b)
+        status[b] = s
+        bad_step[b] = k
+
+
+@njit(parallel=True, error_model="numpy")
+def rayleigh_kernel(theta, Bs, elr, alphas, twin_dirs, use_twin, steps, tail, eps, tiny,
+                    out, status, bad_step):
+    r"""The SI Rayleigh quotient (``theta`` ``(B, 1, m)``, ``Bs`` = :math:`A-\lambda_1I` ``(m, m)``)."""
+    B, _, m = theta.shape
+    R = 2 * B if use_twin else B
+    S = np.empty((R, m), theta.dtype)
+    Y = np.empty((R, m), theta.dtype)
+    NEW = np.empty((R, m), theta.dtype)
+    rho = np.empty(B, np.float64)
+    lr = np.empty(B, np.float64)
+    radii = np.empty((B, 1), theta.dtype)
+    acc = np.empty((B, _tr.N_ACC), np.float64)
+    start = steps - tail
+    for b in prange(B):
+        S[b] = theta[b, 0]
+        rho[b] = _init_targets(theta[b], radii[b])
+        lr[b] = elr[b] * rho[b] * rho[b]
+        _init_acc(acc[b])
+        status[b] = 0
+        bad_step[b] = -1
+        if use_twin:
+            _twin_init(theta[b], S[B + b:B + b + 1], twin_dirs[b], False, rho[b], radii[b], eps)
+    for t in range(steps):
+        np.dot(S, Bs, Y)   # Bs is symmetric: row b of Y is (A - lambda_1 I) x_b
+        for b in prange(B):
+            if status[b] == 0:
+                wb = twin_dirs[b] if use_twin else twin_dirs[0]
+                tb = B + b if use_twin else b
+                code = _rayleigh_substep(t, S[b:b + 1], Y[b:b + 1], NEW[b:b + 1],
+                                         S[tb:tb + 1], Y[tb:tb + 1], NEW[tb:tb + 1], wb,
+                                         lr[b], rho[b], radii[b], alphas[b], use_twin, start,
+                                         eps, tiny, acc[b])
+                if code != 0:
+                    status[b] = code
+                    bad_step[b] = t
+    np.dot(S, Bs, Y)
+    for b in prange(B):
+        sq = 0.0
+        xy = 0.0
+        for k in range(m):
+            sq += S[b, k] * S[b, k]
+            xy += S[b, k] * Y[b, k]
+        theta[b, 0] = S[b]
+        _finish(acc[b], out, b, tail, 1, use_twin, status[b] == 0, xy / sq)
