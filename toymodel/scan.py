@@ -31,7 +31,7 @@ from ._progress import progress
 from ._validate import constraint_name, positive_finite_array, positive_int
 from .problems import RayleighToy, SphereToy, _Problem, as_problem
 
-__all__ = ["scan", "agreement", "open_scan", "elr_grid", "plan_chunks", "compute_chunk", "CELL_DIMS",
+__all__ = ["scan", "agreement", "open_scan", "plot_scan", "elr_grid", "plan_chunks", "compute_chunk", "CELL_DIMS",
            "TARGET_ELEMENT_STEPS"]
 
 CELL_DIMS = ("elr", "config", "seed")
@@ -528,3 +528,74 @@ def open_scan(path, allow_incomplete: bool = False):
     raises ``ValueError`` unless ``allow_incomplete``."""
     from ._store import open_store
     return open_store(path, allow_incomplete=allow_incomplete)
+
+
+# -- the phase-diagram figure ---------------------------------------------------------------------------
+_REGIME_Y = {"convergence": 0, "chaotic_equilibrium": 1, "divergence": 2, regimes.INVALID: 3}
+_REGIME_COLOR = {"convergence": "tab:blue", "chaotic_equilibrium": "tab:orange",
+                 "divergence": "tab:red", regimes.INVALID: "black"}
+
+
+def plot_scan(ds, configs=None):
+    r"""The phase diagram of a scan: one column per configuration.
+
+    Top: tail loss / random level against the ELR (log x), one dot per seed coloured by the
+    observed regime, with the equilibrium curve :math:`L^*/L_{rand}=(\sum\alpha-1/\tilde\eta)/(2L_{rand})`
+    (T12). Bottom: observed regime per seed (dots) against ``predicted_regime`` (line). Dashed
+    verticals: :math:`1/\sum\alpha_i` (T10, T12) and :math:`1/\min\alpha_i` (T10). Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    configs = list(range(ds.sizes["config"])) if configs is None else list(configs)
+    for j in configs:
+        if not (isinstance(j, numbers.Integral) and 0 <= j < ds.sizes["config"]):
+            raise ValueError(f"configs must be indices in [0, {ds.sizes['config'] - 1}], got {j!r}")
+    fig, axes = plt.subplots(2, len(configs), figsize=(5.2 * len(configs), 6.4), squeeze=False,
+                             sharex="col", gridspec_kw={"height_ratios": [3, 2]})
+    elr = ds["elr"].values
+    for col, j in enumerate(configs):
+        sub = ds.isel(config=j)
+        rand = float(sub["random_loss"])
+        ratio = sub["tail_loss"].values / rand
+        labels = sub["regime"].values.astype(str)
+        top, bot = axes[0, col], axes[1, col]
+        for name, color in _REGIME_COLOR.items():
+            m = labels == name
+            if m.any():
+                ee = np.broadcast_to(elr[:, None], labels.shape)[m]
+                top.scatter(ee, np.where(np.isfinite(ratio[m]), ratio[m], 1.0), s=6, color=color,
+                            label=name.replace("_", " "), zorder=3)
+                bot.scatter(ee, np.full(ee.shape, _REGIME_Y[name]), s=6, color=color, zorder=3)
+        eq = sub["equilibrium_loss"].values
+        if np.isfinite(eq).any():
+            top.plot(elr, eq / rand, color="k", lw=0.8, zorder=4,
+                     label=r"theory $(\sum\alpha-1/\tilde\eta)/2$ (T12)")
+        top.axhline(regimes.DIV_FRAC, color="tab:red", lw=0.6, ls="-.", zorder=1,
+                    label=f"classifier: divergence at {regimes.DIV_FRAC:g} x random")
+        pred = np.array([_REGIME_Y[str(p)] for p in sub["predicted_regime"].values])
+        bot.step(elr, pred, where="mid", color="k", lw=1.2, label="predicted (T10, T12)")
+        for ax in (top, bot):
+            ax.set_xscale("log")
+            for thr, style, text in ((float(sub["total_threshold"]), "--", r"$1/\sum\alpha$"),
+                                     (float(sub["divergence_threshold"]), ":", r"$1/\min\alpha$")):
+                ax.axvline(thr, color="gray", ls=style, lw=1)
+                if ax is top:
+                    ax.text(thr * 1.06, 0.5, text, ha="left", va="center", fontsize=8,
+                            color="gray", transform=ax.get_xaxis_transform())
+        alphas = sub["alphas"].values
+        alphas = alphas[np.isfinite(alphas)]
+        top.set_title(f"config {int(sub['config'])}: {sub['problem'].item()} "
+                      f"alphas={np.array2string(alphas, precision=3, separator=',')}", fontsize=9)
+        top.set_ylabel("tail loss / random level")
+        top.set_ylim(-0.03, 1.1)
+        bot.set_yticks(list(_REGIME_Y.values()), ["convergence", "equilibrium", "divergence", "invalid"])
+        bot.set_ylim(-0.5, 3.5)
+        bot.set_xlabel(r"ELR $\tilde\eta$")
+        if col == 0:
+            top.legend(fontsize=7, loc="upper left")
+            bot.legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"fixed-ELR scan: {ds.attrs.get('steps')} steps, tail {ds.attrs.get('tail')}, "
+                 f"{ds.attrs.get('constraint')} constraint, backend {ds.attrs.get('backend')}",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
