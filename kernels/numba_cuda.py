@@ -154,9 +154,14 @@ def launch_rayleigh_finish(S, Y, B, use_twin, tail, acc, out, status):
 
 
 # -- host entry points (NumPy in, NumPy out) -----------------------------------------------------
+def _dev(a):
+    """A device copy of host array ``a`` (C order; read-only broadcast views are fine)."""
+    return cuda.to_device(np.array(a, copy=True, order="C"))
+
+
 def _to_ndb(a):
     """(B, n, d) host array -> (n, d, B) device array (coalesced per-thread views)."""
-    return cuda.to_device(np.ascontiguousarray(np.moveaxis(a, 0, -1)))
+    return _dev(np.moveaxis(a, 0, -1))
 
 
 def _twin_buffers(use_twin, twin_dirs, shape, dtype):
@@ -185,9 +190,8 @@ def toy(theta, elr, alphas, twin_dirs, use_twin, individual, steps, tail, eps, t
     d_out = cuda.device_array(out.shape, out.dtype)
     d_status = cuda.device_array(B, np.int8)
     d_bad = cuda.device_array(B, np.int64)
-    launch_toy(d_theta, cuda.to_device(np.ascontiguousarray(elr)),
-               cuda.to_device(np.ascontiguousarray(alphas.T)), d_w, use_twin, individual, steps,
-               tail, eps, tiny, cuda.device_array((n, d, B), dt), d_tw, d_twn,
+    launch_toy(d_theta, _dev(elr), _dev(alphas.T), d_w, use_twin, individual, steps, tail, eps,
+               tiny, cuda.device_array((n, d, B), dt), d_tw, d_twn,
                cuda.device_array((n, B), dt), d_out, d_status, d_bad)
     _copy_back(d_theta, theta, d_out, out, d_status, status, d_bad, bad_step)
 
@@ -205,8 +209,8 @@ def rayleigh(theta, Bs, elr, alphas, twin_dirs, use_twin, steps, tail, eps, tiny
     d_bad = cuda.device_array(B, np.int64)
     blocks, tpb = _grid(B)
     _rayleigh_kernel[blocks, tpb](
-        cuda.to_device(np.ascontiguousarray(Bs)), d_theta,
-        cuda.to_device(np.ascontiguousarray(elr)), cuda.to_device(np.ascontiguousarray(alphas.T)),
+        _dev(Bs), d_theta,
+        _dev(elr), _dev(alphas.T),
         d_w, bool(use_twin), int(steps), int(tail), eps, tiny, cuda.device_array((n, m, B), dt),
         cuda.device_array((n, m, B), dt), d_tw, d_ytw, d_twn, cuda.device_array((n, B), dt),
         d_out, d_status, d_bad)

@@ -1,27 +1,207 @@
 """THE one place that picks a compute backend for batch runs.
 
-``backend="auto" | "numpy" | "numba" | "cuda" | "cupy"``. (Skeleton: only NumPy so far; the
-kernels issue adds the compiled backends behind the same :func:`summarize`.)
+``backend="auto" | "numpy" | "numba" | "cuda" | "cupy"`` (STYLE §5):
+
+* ``"numpy"``: :func:`toymodel.dynamics.summarize_batch`, the specification; always available;
+  every problem.
+* ``"numba"``: :mod:`kernels.numba_cpu` (``prange`` over trajectories).
+* ``"cuda"``: :mod:`kernels.numba_cuda` (one thread per trajectory; NumPy in, NumPy out).
+* ``"cupy"``: :mod:`kernels.cupy_gpu` (CuPy in, CuPy out; GEMM per step for the Rayleigh quotient).
+* ``"auto"``: ``"cupy"`` when the inputs are CuPy arrays; otherwise ``"numba"`` when numba is
+  installed and the problem has a kernel (:class:`~toymodel.problems.SphereToy`,
+  :class:`~toymodel.problems.RayleighToy`), else ``"numpy"``. A GPU is used only when asked for or
+  when the inputs already live on it.
+
+Unknown names raise ``ValueError``; known but unavailable backends raise
+:class:`BackendUnavailable` (an ``ImportError``) with the install hint. ``TOYMODEL_DISABLE``
+hides packages (see :mod:`toymodel._deps`). Kernels are imported here only, lazily.
 """
 from __future__ import annotations
 
+import os
+
+import numpy as np
+
 from . import dynamics
+from ._deps import INSTALL_HINTS, has, require
+from ._validate import constraint_name, positive_int
+from .problems import RayleighToy, SphereToy
 
 BACKENDS = ("auto", "numpy", "numba", "cuda", "cupy")
+#: backends with compiled kernels, and the problems they support.
+KERNEL_PROBLEMS = (SphereToy, RayleighToy)
+#: dtypes the compiled kernels run in (the NumPy path takes any float dtype).
+KERNEL_DTYPES = (np.float64, np.float32)
 
 
-def resolve(backend: str = "auto", *arrays) -> str:
-    """The concrete backend name for ``backend`` (validated)."""
-    if backend not in BACKENDS:
+class BackendUnavailable(ImportError):
+    """A known backend whose package or device is missing (the message says how to install it)."""
+
+
+def _is_cupy(a) -> bool:
+    return a is not None and type(a).__module__.split(".")[0] == "cupy"
+
+
+def _simulator() -> bool:
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def _check_available(name: str) -> None:
+    """Raise :class:`BackendUnavailable` unless backend ``name`` can run here."""
+    feature = f"backend={name!r}"
+    try:
+        if name == "numba":
+            require("numba", feature)
+        elif name in ("cuda", "cupy"):
+            if name == "cupy":
+                require("cupy", feature)
+            require("numba_cuda", feature)
+            require("numba", feature)
+    except ImportError as err:
+        raise BackendUnavailable(str(err)) from None
+    if name == "cuda":
+        from kernels import numba_cuda
+
+        if not numba_cuda.is_available():
+            raise BackendUnavailable(
+                "backend='cuda' needs an NVIDIA GPU with a working driver (numba.cuda.is_available() "
+                "is False); set NUMBA_ENABLE_CUDASIM=1 to run the kernel on the CPU simulator, or use "
+                f"backend='numba'. Install: {INSTALL_HINTS['numba_cuda']}")
+    if name == "cupy":
+        from kernels import cupy_gpu
+
+        if not cupy_gpu.is_available():
+            raise BackendUnavailable(
+                "backend='cupy' needs an NVIDIA GPU visible to CuPy; use backend='numba' on a CPU. "
+                f"Install: {INSTALL_HINTS['cupy']}")
+
+
+def available_backends() -> tuple:
+    """The concrete backends that can run here, ``"numpy"`` first."""
+    out = []
+    for name in BACKENDS[1:]:
+        try:
+            _check_available(name)
+        except BackendUnavailable:
+            continue
+        out.append(name)
+    return tuple(out)
+
+
+def resolve(backend: str = "auto", *arrays, problem=None) -> str:
+    """The concrete backend name for ``backend`` given the input ``arrays`` (validated).
+
+    Raises ``ValueError`` for an unknown name or for CuPy arrays given to a host backend, and
+    :class:`BackendUnavailable` when the backend cannot run here.
+    """
+    if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return "numpy" if backend == "auto" else backend
+    on_device = any(_is_cupy(a) for a in arrays)
+    if backend == "auto":
+        if on_device:
+            backend = "cupy"
+        elif problem is not None and not isinstance(problem, KERNEL_PROBLEMS):
+            return "numpy"
+        else:
+            return "numba" if has("numba") else "numpy"
+    if on_device and backend != "cupy":
+        raise ValueError(f"backend={backend!r} works on NumPy arrays but got CuPy arrays; use "
+                         "backend='cupy' or move the inputs to the host with .get()")
+    if backend != "numpy":
+        _check_available(backend)
+    return backend
+
+
+def _xp(name):
+    if name == "cupy":
+        import cupy
+
+        return cupy
+    return np
 
 
 def summarize(problem, theta0, elr, *, steps, tail, constraint="total", alphas=None,
               twin_dirs=None, backend="auto"):
-    """Per-trajectory summaries of ``B`` runs (contract: :func:`toymodel.dynamics.summarize_batch`)."""
-    name = resolve(backend, theta0)
-    if name != "numpy":
-        raise ValueError(f"backend {name!r} is not implemented yet")
-    return dynamics.summarize_batch(problem, theta0, elr, steps=steps, tail=tail,
-                                    constraint=constraint, alphas=alphas, twin_dirs=twin_dirs)
+    """Per-trajectory summaries of ``B`` runs (contract: :func:`toymodel.dynamics.summarize_batch`).
+
+    ``theta0`` ``(B, n, d)`` on the constraint set (its dtype is the computing dtype: float64 or
+    float32 for the kernels), ``elr`` ``(B,)``, ``alphas`` ``(B, n)`` or ``None`` (the problem's),
+    ``twin_dirs`` ``(B, n, d)`` unit directions for the Lyapunov twin or ``None``. Returns a dict of
+    ``(B,)`` summaries named by ``dynamics.SUMMARY_NAMES`` plus ``status``, ``bad_step`` and
+    ``theta_final``, as arrays of the input's type (NumPy, or CuPy for ``backend="cupy"``).
+    """
+    name = resolve(backend, theta0, elr, alphas, twin_dirs, problem=problem)
+    steps = positive_int("steps", steps)
+    tail = positive_int("tail", tail)
+    if tail > steps:
+        raise ValueError(f"tail must be an integer in [1, steps={steps}], got {tail}")
+    constraint = constraint_name(constraint)
+    if name == "numpy":
+        return dynamics.summarize_batch(problem, theta0, elr, steps=steps, tail=tail,
+                                        constraint=constraint, alphas=alphas, twin_dirs=twin_dirs)
+    if not isinstance(problem, KERNEL_PROBLEMS):
+        raise ValueError(f"backend={name!r} has kernels for SphereToy and RayleighToy only, got "
+                         f"{type(problem).__name__}; use backend='numpy'")
+    return _run_kernel(name, problem, theta0, elr, steps, tail, constraint, alphas, twin_dirs)
+
+
+def _kernel_inputs(xp, problem, theta0, elr, alphas, twin_dirs):
+    """Coerce to contiguous arrays of the computing dtype and check shapes."""
+    theta = xp.array(theta0, copy=True)
+    if theta.ndim != 3 or theta.shape[1:] != (problem.n_groups, problem.dim):
+        raise ValueError(f"theta0 must have shape (B, {problem.n_groups}, {problem.dim}), got "
+                         f"{tuple(theta.shape)}")
+    if theta.dtype not in KERNEL_DTYPES:
+        if theta.dtype.kind != "f":
+            theta = theta.astype(np.float64)
+        else:
+            raise ValueError(f"compiled backends compute in float64 or float32, got theta0 of "
+                             f"dtype {theta.dtype}; cast it or use backend='numpy'")
+    dt = theta.dtype
+    B, n, d = theta.shape
+    el = xp.array(xp.broadcast_to(xp.asarray(elr, dtype=dt), (B,)), copy=True, order="C")
+    al = problem.alphas if alphas is None else alphas
+    try:
+        al = xp.array(xp.broadcast_to(xp.asarray(al, dtype=dt), (B, n)), copy=True, order="C")
+    except ValueError:
+        raise ValueError(f"alphas must broadcast to shape ({B}, {n}), got "
+                         f"{tuple(xp.asarray(al).shape)}") from None
+    if twin_dirs is None:
+        w = xp.zeros((1, n, d), dt)
+    else:
+        w = xp.array(twin_dirs, dtype=dt, copy=True, order="C")
+        if tuple(w.shape) != (B, n, d):
+            raise ValueError(f"twin_dirs must have shape ({B}, {n}, {d}), got {tuple(w.shape)}")
+    return theta, el, al, w
+
+
+def _run_kernel(name, problem, theta0, elr, steps, tail, constraint, alphas, twin_dirs):
+    xp = _xp(name)
+    theta, el, al, w = _kernel_inputs(xp, problem, theta0, elr, alphas, twin_dirs)
+    dt = theta.dtype
+    B = theta.shape[0]
+    fi = np.finfo(dt)
+    # the twin offset of the spec: sqrt(machine eps) of the computing dtype, as a scalar of that dtype
+    eps, tiny = dt.type(np.sqrt(fi.eps)), dt.type(fi.tiny)
+    out = xp.empty((len(dynamics.SUMMARY_NAMES), B), dt)
+    status = xp.zeros(B, np.int8)
+    bad_step = xp.full(B, -1, np.int64)
+    use_twin = twin_dirs is not None
+    if name == "numba":
+        from kernels import numba_cpu as mod
+    elif name == "cuda":
+        from kernels import numba_cuda as mod
+    else:
+        from kernels import cupy_gpu as mod
+    if isinstance(problem, RayleighToy):
+        Bs = xp.asarray(problem.A - problem.lambda_min * np.eye(problem.dim), dtype=dt)
+        mod_rayleigh = mod.rayleigh_kernel if name == "numba" else mod.rayleigh
+        mod_rayleigh(theta, Bs, el, al, w, use_twin, steps, tail, eps, tiny, out, status,
+                     bad_step)
+    else:
+        mod_toy = mod.toy_kernel if name == "numba" else mod.toy
+        mod_toy(theta, el, al, w, use_twin, constraint == "individual", steps, tail, eps, tiny,
+                out, status, bad_step)
+    res = {nm: out[j] for j, nm in enumerate(dynamics.SUMMARY_NAMES)}
+    res.update(status=status, bad_step=bad_step, theta_final=theta)
+    return res
