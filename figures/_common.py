@@ -30,6 +30,9 @@ REGIME_TITLES = {"convergence": "convergence", "chaotic_equilibrium": "chaotic e
 #: integer codes for saving labels in .npz files (index into this tuple).
 REGIME_CODES = regimes.LABELS
 ENGINES = ("auto", "scan", "direct")
+#: backend every figure computes with (``toymodel figures --backend`` sets it); see
+#: :func:`toymodel.backend.resolve`.
+BACKEND = "auto"
 
 
 # -- style and output -----------------------------------------------------------------------------
@@ -95,7 +98,7 @@ def provenance(**params) -> dict:
     import toymodel
 
     return {"toymodel_version": toymodel.__version__,
-            "backend": _backend.resolve("auto"), **params}
+            "backend": _backend.resolve(BACKEND), **params}
 
 
 # -- regimes ----------------------------------------------------------------------------------------
@@ -145,7 +148,7 @@ def _scan_available() -> bool:
 
 
 def run_summaries(alphas, elrs, seeds, *, steps, tail, constraint="total", lyapunov=False,
-                  engine="auto", backend="auto", progress_bar=False, desc="runs") -> dict:
+                  engine="auto", backend=None, progress_bar=False, desc="runs") -> dict:
     """Summaries of projected GD on ``SphereToy(alphas)`` for every ELR × seed, arrays ``(E, S)``.
 
     ``engine="scan"`` calls :func:`toymodel.scan.scan`; ``"direct"`` calls
@@ -154,6 +157,7 @@ def run_summaries(alphas, elrs, seeds, *, steps, tail, constraint="total", lyapu
     Returns :data:`toymodel.dynamics.SUMMARY_NAMES` plus
     ``regime`` (label strings, from :func:`toymodel.regimes.classify_summary`) and ``engine``.
     """
+    backend = BACKEND if backend is None else backend
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     elrs = np.asarray(elrs, dtype=np.float64)
@@ -217,7 +221,7 @@ def _via_scan(alphas, elrs, seeds, *, steps, tail, constraint, lyapunov, backend
     return out
 
 
-def orbit(problem, theta0, elr, *, steps, keep, constraint="total", backend="auto"):
+def orbit(problem, theta0, elr, *, steps, keep, constraint="total", backend=None):
     """The last ``keep`` states of ``steps`` projected-GD steps, shape ``(keep, B, n, d)``.
 
     Runs :func:`toymodel.backend.summarize` for ``steps - keep`` steps, then one step at a time
@@ -228,7 +232,7 @@ def orbit(problem, theta0, elr, *, steps, keep, constraint="total", backend="aut
     if keep >= steps:
         raise ValueError(f"keep must be smaller than steps={steps}, got {keep}")
     elr = np.asarray(elr, dtype=np.float64)
-    run = dict(constraint=constraint, backend=backend, tail=1)
+    run = dict(constraint=constraint, backend=BACKEND if backend is None else backend, tail=1)
     theta = _backend.summarize(problem, theta0, elr, steps=steps - keep, **run)["theta_final"]
     states = []
     for _ in range(keep):

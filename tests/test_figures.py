@@ -1,0 +1,218 @@
+"""Every figure script runs in quick mode (Agg) and its saved data agree with the theory.
+
+The data files are the oracle's input: each check compares simulated numbers written by a figure
+with the closed forms of :mod:`toymodel.theory` (T8, T10-T12), away from the thresholds where
+finite runs are slow (critical slowing down near c = 1).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import figures  # noqa: E402
+from figures import _common as C  # noqa: E402
+from toymodel import cli, theory  # noqa: E402
+from toymodel import _cli_figures as F  # noqa: E402
+
+ALPHAS = np.array([1.0, 2.0, 4.0])
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """Run every figure once in quick mode; yields ``{name: (paths, arrays, params)}``."""
+    out = tmp_path_factory.mktemp("figures_quick")
+    done = {}
+    for name in figures.FIGURES:
+        if F.missing_requirements(name):
+            continue
+        paths = importlib.import_module(f"figures.{name}").main(out, quick=True)
+        arrays, params = C.load_data(out / f"{name}.npz")
+        done[name] = (paths, arrays, params)
+    return done
+
+
+def _data(quick, name):
+    if name not in quick:
+        pytest.skip(f"{name} did not run here")
+    return quick[name][1]
+
+
+@pytest.mark.parametrize("name", figures.FIGURES)
+def test_figure_writes_png_pdf_and_data(quick, name):
+    if F.missing_requirements(name):
+        pytest.skip(f"{name} needs {F.missing_requirements(name)}")
+    paths, arrays, params = quick[name]
+    suffixes = {p.suffix for p in map(__import__("pathlib").Path, paths)}
+    assert {".png", ".pdf"} <= suffixes and (".npz" in suffixes or ".nc" in suffixes)
+    for p in paths:
+        assert os.path.getsize(p) > 1000, p
+    png = next(p for p in paths if str(p).endswith(".png"))
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(png) < 250_000
+    assert params.get("quick") is True
+    assert "toymodel_version" in params
+
+
+@pytest.mark.parametrize("name", [n for n in figures.FIGURES if not n.startswith("fig07")])
+def test_figure_redraws_from_saved_data(quick, name):
+    """A figure can be redrawn from its data file without recomputation."""
+    mod = importlib.import_module(f"figures.{name}")
+    _, arrays, params = quick[name]
+    with C.style():
+        fig = mod.plot(arrays, params)
+    assert len(fig.axes) >= 1
+    assert mod.CAPTION and mod.NAME == name
+
+
+def test_fig01_bifurcation_branch_is_the_analytic_two_cycle(quick):
+    d = _data(quick, "fig01_single_group")
+    k, phi = d["k"], d["phi_deg"]  # phi: (k, seed, step)
+    below, above = k < 0.9, (k > 1.2) & (k < 10)
+    assert below.any() and above.any()
+    assert np.max(np.abs(phi[below])) < 1e-6
+    want = np.degrees([theory.two_cycle_angle(x, 1.0) for x in k[above]])
+    np.testing.assert_allclose(np.abs(phi[above]), want[:, None, None] * np.ones_like(phi[above]),
+                               atol=0.05)
+    # a 2-cycle: the sign alternates from one step to the next
+    assert np.all(np.sign(phi[above][..., 1:]) == -np.sign(phi[above][..., :-1]))
+    np.testing.assert_allclose(d["branch_deg"][above], want)
+
+
+def test_fig02_tail_loss_matches_equilibrium_loss(quick):
+    d = _data(quick, "fig02_total_elr_scan")
+    elr, loss = d["elr"], d["tail_loss"]
+    c = elr * ALPHAS.sum()
+    conv, eq = c <= 0.9, (c >= 1.1) & (c <= 1.5)
+    assert conv.sum() >= 3 and eq.sum() >= 2
+    assert np.all(loss[conv] < 1e-10)
+    want = np.array([theory.equilibrium_loss(e, ALPHAS) for e in elr[eq]])
+    np.testing.assert_allclose(loss[eq], want[:, None] * np.ones_like(loss[eq]), rtol=0.01)
+    np.testing.assert_allclose(d["equilibrium_loss"], [theory.equilibrium_loss(e, ALPHAS) for e in elr])
+    # far above 1/min(alpha) the loss approaches the random level (divergence)
+    far = elr >= 3.0
+    assert far.any() and np.all(loss[far] > 0.9 * theory.random_loss(ALPHAS))
+    # observed labels agree with the prediction away from the smooth equilibrium/divergence passage
+    codes = d["regime_code"]
+    sure = (c <= 0.9) | ((c >= 1.1) & (elr <= 0.5))
+    assert np.all(codes[sure] == d["predicted_code"][sure][:, None])
+
+
+def test_fig03_individual_elrs_obey_remark2_and_budget(quick):
+    d = _data(quick, "fig03_individual_elrs")
+    k = d["elr_times_alpha"]  # (case, step, group)
+    conv, eq, div = k
+    c_eq = d["elr"][1] * ALPHAS.sum()
+    assert np.all(conv[-1] < 1.0)                     # every group ends below threshold
+    assert np.all(eq.max(-1) >= c_eq * (1 - 1e-9))    # T8: max_i elr_i alpha_i >= c > 1 (T10)
+    tail = eq[-len(eq) // 5:]
+    np.testing.assert_allclose(np.median(tail, axis=0), c_eq, rtol=0.05)   # T12 synchronisation
+    assert np.all(div > 1.0)                          # every group above threshold, every step
+    assert [C.REGIME_CODES[i] for i in d["regime_code"]] == list(theory.REGIMES)
+
+
+def test_fig04_staircase_vs_collective_boundary(quick):
+    d = _data(quick, "fig04_total_vs_individual")
+    elr, a = d["elr"], d["alphas"]
+    frac = d["group_tail_loss"] / d["group_random_loss"]  # (constraint, elr, seed, group)
+    n = a.size
+    margin = np.log(1.1)
+    # individual constraint: group i converges iff elr < 1/(n alpha_i)
+    for i in range(n):
+        x = np.log(elr * n * a[i])
+        assert np.all(frac[1, x < -margin, :, i] < 1e-8)
+        assert np.all(frac[1, x > margin, :, i] > 0.01)
+    # total constraint: all groups together, iff elr < 1/sum(alpha)
+    x = np.log(elr * a.sum())
+    assert np.all(frac[0, x < -margin] < 1e-8)
+    assert np.all(frac[0, x > margin] > 0.01)
+    # the staircase really is one: between 1/(n max a) and 1/sum(a) some groups converge, some not
+    step = (elr > 1.1 / (n * a.max())) & (elr < 0.9 / a.sum())
+    assert step.any()
+    assert np.all(frac[1, step, :, -1] > 0.01) and np.all(frac[1, step, :, 0] < 1e-8)
+    assert np.all(frac[0, step] < 1e-8)
+
+
+def test_fig05_convergence_boundary_is_one_over_sum_alpha(quick):
+    d = _data(quick, "fig05_phase_diagram")
+    conv = C.REGIME_CODES.index("convergence")
+    for j, n in enumerate(d["n_groups"]):
+        thr = theory.total_threshold(np.arange(1, n + 1))
+        assert thr == pytest.approx(d["total_threshold"][j])
+        codes = d["regime_code"][j]
+        assert np.all(codes[d["elr"] < 0.9 * thr] == conv)
+        assert np.all(codes[d["elr"] > 1.1 * thr] != conv)
+
+
+def test_fig06_lyapunov_quasi_periodic_then_chaotic(quick):
+    d = _data(quick, "fig06_lyapunov")
+    c, lam = d["c"], np.median(d["lyapunov"], axis=1)
+    just_above = (c > 1.05) & (c < 1.5)
+    chaotic = c >= 3.0
+    assert just_above.any() and chaotic.any()
+    assert np.all(np.abs(lam[just_above]) < 0.02)
+    assert np.all(lam[chaotic] > 0.05)
+    assert np.all(np.abs(lam[c < 0.9]) < 0.02)
+
+
+# -- the scan path and the direct path agree ------------------------------------------------------------
+def test_scan_and_direct_engines_agree():
+    pytest.importorskip("toymodel.scan")
+    pytest.importorskip("xarray")
+    c = np.array([0.5, 0.9, 1.2, 1.4, 3.0, 40.0])
+    kw = dict(steps=2500, tail=1000, lyapunov=True)
+    a = C.run_summaries(ALPHAS, c / ALPHAS.sum(), [0, 3], engine="scan", **kw)
+    b = C.run_summaries(ALPHAS, c / ALPHAS.sum(), [0, 3], engine="direct", **kw)
+    assert a["engine"] == "scan" and b["engine"] == "direct"
+    np.testing.assert_array_equal(a["regime"], b["regime"])
+    assert np.all(a["tail_loss"][:2] < 1e-10) and np.all(b["tail_loss"][:2] < 1e-10)
+    np.testing.assert_allclose(a["tail_loss"][2:4], b["tail_loss"][2:4], rtol=1e-3)
+    assert np.all(np.abs(a["lyapunov"][2:4]) < 0.02) and np.all(np.abs(b["lyapunov"][2:4]) < 0.02)
+    assert np.all(a["lyapunov"][4] > 0.05) and np.all(b["lyapunov"][4] > 0.05)
+
+
+def test_run_summaries_rejects_bad_input():
+    with pytest.raises(ValueError, match="engine"):
+        C.run_summaries(ALPHAS, [0.1], [0], steps=10, tail=5, engine="bogus")
+    with pytest.raises(ValueError, match="elrs"):
+        C.run_summaries(ALPHAS, [-0.1], [0], steps=10, tail=5)
+    with pytest.raises(ValueError, match="keep"):
+        C.orbit(C.SphereToy(ALPHAS), np.ones((1, 3, 2)), [0.1], steps=5, keep=5)
+    with pytest.raises(ValueError, match="unknown regime"):
+        C.regime_codes(["sideways"])
+
+
+# -- the command line ---------------------------------------------------------------------------------
+def test_cli_figures_only_writes_the_selected_figure(tmp_path, capsys):
+    rc = cli.main(["figures", "--quick", "--only", "fig04", "--out", str(tmp_path / "o"),
+                   "--gallery", str(tmp_path / "g"), "--backend", "numpy"])
+    assert rc == 0
+    names = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert names == [f"fig04_total_vs_individual.{s}" for s in ("npz", "pdf", "png")]
+    assert [p.name for p in (tmp_path / "g").iterdir()] == ["fig04_total_vs_individual.png"]
+    assert "1 written" in capsys.readouterr().err
+
+
+def test_cli_figures_rejects_unknown_figure(tmp_path, capsys):
+    assert cli.main(["figures", "--only", "fig99", "--out", str(tmp_path)]) == 2
+    assert "fig99" in capsys.readouterr().err
+
+
+def test_cli_figures_skips_figures_with_missing_requirements(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(F._NEEDS, "fig01", ("no_such_package_xyz",))
+    assert cli.main(["figures", "--quick", "--only", "fig01", "--out", str(tmp_path)]) == 0
+    assert not any(tmp_path.iterdir())
+    assert "skipped" in capsys.readouterr().err
+
+
+def test_select_accepts_short_and_full_names():
+    avail = ("fig01_a", "fig02_b", "fig03_c")
+    assert F.select(avail, None) == list(avail)
+    assert F.select(avail, "fig03, fig01_a") == ["fig03_c", "fig01_a"]
+    with pytest.raises(ValueError, match="fig04"):
+        F.select(avail, "fig04")
