@@ -302,17 +302,21 @@ def compute_chunk(task: ChunkTask) -> dict:
                                         twin=task.lyapunov) for j in members]
         states = np.stack([s[0] if task.lyapunov else s for s in init])  # (g, cs, n, d)
         n, d = states.shape[-2:]
-        theta0 = np.broadcast_to(states[None], (ce, g, cs, n, d)).reshape(-1, n, d).astype(dt)
+        theta0 = np.ascontiguousarray(np.broadcast_to(states[None], (ce, g, cs, n, d)).reshape(-1, n, d),
+                                        dtype=dt)
         twin = None
         if task.lyapunov:
             dirs = np.stack([s[1] for s in init])
-            twin = np.broadcast_to(dirs[None], (ce, g, cs, n, d)).reshape(-1, n, d).astype(dt)
-        elr = np.broadcast_to(task.elrs[:, None, None], (ce, g, cs)).reshape(-1).astype(np.float64)
+            twin = np.ascontiguousarray(np.broadcast_to(dirs[None], (ce, g, cs, n, d)).reshape(-1, n, d),
+                                        dtype=dt)
+        elr = np.ascontiguousarray(np.broadcast_to(task.elrs[:, None, None], (ce, g, cs)).reshape(-1),
+                                   dtype=np.float64)
         alphas = None
         if isinstance(rep, SphereToy):
             a = np.stack([task.configs[j].alphas for j in members])  # (g, n)
-            alphas = np.broadcast_to(a[None, :, None, :], (ce, g, cs, n)).reshape(-1, n).astype(dt)
-        used.add(_backend.resolve(task.backend, theta0))
+            alphas = np.ascontiguousarray(np.broadcast_to(a[None, :, None, :], (ce, g, cs, n)).reshape(-1, n),
+                                          dtype=dt)
+        used.add(_backend.resolve(task.backend, theta0, problem=rep))
         res = _backend.summarize(rep, theta0, elr, steps=task.steps, tail=task.tail,
                                  constraint=task.constraint, alphas=alphas, twin_dirs=twin,
                                  backend=task.backend)
