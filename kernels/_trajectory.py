@@ -140,19 +140,21 @@ def _matvec(Bs, x, y):
 
 
 def _check(new):
-    """Status of a new state: 1 if any entry is non-finite, 2 if a group has zero norm, else 0."""
+    """Status of a new state: 1 if any entry is non-finite, 2 if a group has zero norm, else 0.
+
+    One reduction per group: a NaN or inf entry makes the group's sum of squares non-finite (the
+    entries are bounded by the radius after rescaling, so squares cannot overflow on their own)."""
     n, d = new.shape
-    for i in range(n):
-        for k in range(d):
-            if not math.isfinite(new[i, k]):
-                return STATUS_NONFINITE
+    code = STATUS_OK
     for i in range(n):
         s = new[i, 0] * new[i, 0]
         for k in range(1, d):
             s += new[i, k] * new[i, k]
+        if not math.isfinite(s):
+            return STATUS_NONFINITE
         if not s > 0.0:
-            return STATUS_ZERO_NORM
-    return STATUS_OK
+            code = STATUS_ZERO_NORM
+    return code
 
 
 def _init_targets(th, radii):
