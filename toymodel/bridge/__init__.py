@@ -1,0 +1,21 @@
+"""The thin torch bridge: fixed-ELR training of real scale-invariant networks on the sphere.
+
+Imported explicitly (``import toymodel.bridge``); ``import toymodel`` never imports torch.
+
+* :func:`si_groups`, :func:`verify_scale_invariance`: SI parameter groups found structurally (T1);
+* :class:`SphereSGD`: projected SGD with fixed ELR, the official code's semantics (T5-T7);
+* :class:`ConvNetSI`, :class:`ResNet18SI`: the paper's reference networks;
+* :func:`load_data`: digits (default, offline), CIFAR-10/100 from local files, synthetic;
+* :func:`train`, :func:`train_scan`, :func:`run`: training with online metrics -> xarray Dataset.
+
+User guide: docs/bridge.md.
+"""
+from .data import ImageData, load_data
+from .groups import SIGroup, si_groups, verify_scale_invariance
+from .models import ConvNetSI, ResNet18SI, build_model
+from .optim import SphereSGD
+from .train import evaluate, parse_elrs, prepare, run, train, train_scan
+
+__all__ = ["ConvNetSI", "ImageData", "ResNet18SI", "SIGroup", "SphereSGD", "build_model",
+           "evaluate", "load_data", "parse_elrs", "prepare", "run", "si_groups", "train",
+           "train_scan", "verify_scale_invariance"]

@@ -1,0 +1,137 @@
+r"""Reference scale-invariant networks of the paper (THEORY.md §5), for any small image size.
+
+* :class:`ConvNetSI`: four blocks ``conv3x3 (bias-free) -> BatchNorm (no affine) -> ReLU`` with widths
+  ``c, 2c, 4c, 8c`` (max-pooling after blocks 2-4), a global max-pool and a linear head. Every conv
+  filter feeds a normalisation, so the loss is SI in each filter, each layer and all convs (T1).
+* :class:`ResNet18SI`: pre-activation ResNet-18 without affine normalisations, with a
+  normalisation in every downsampling shortcut and a final one before the head. The residual
+  stream of a stage (stem/shortcut conv + the ``conv2`` of each block) is one SI group.
+
+The head is the only non-SI layer. As in the official code, its weight is drawn under a fixed seed
+(:data:`HEAD_SEED`, independent of the run's seed), rescaled to Frobenius norm ``head_norm`` (10)
+and frozen (``requires_grad=False``): the loss is then SI in the trainable parameters, and the
+head's norm sets the loss at random initialisation (the divergence level).
+
+Global pooling is adaptive, so both nets accept any input size (8x8 digits, 32x32 CIFAR); on
+32x32 inputs it equals the official fixed ``MaxPool2d(4)`` / ``AvgPool2d(4)``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+#: the official code draws the head under ``torch.manual_seed(228)``; we use the same constant
+#: with a private generator so the global RNG stream is untouched.
+HEAD_SEED = 228
+HEAD_NORM = 10.0
+
+
+def _check_width(width):
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be an integer >= 1, got {width!r}")
+    return width
+
+
+def _frozen_head(in_features: int, num_classes: int, norm: float, bias: bool) -> nn.Linear:
+    """Linear head drawn like ``nn.Linear`` (U(-1/sqrt(fan_in), 1/sqrt(fan_in))) under
+    :data:`HEAD_SEED`, weight rescaled to Frobenius norm ``norm``, all parameters frozen."""
+    if not (isinstance(norm, (int, float)) and math.isfinite(norm) and norm > 0):
+        raise ValueError(f"head_norm must be a positive finite number, got {norm!r}")
+    head = nn.Linear(in_features, num_classes, bias=bias)
+    gen = torch.Generator().manual_seed(HEAD_SEED)
+    bound = 1.0 / math.sqrt(in_features)
+    with torch.no_grad():
+        w = torch.empty(num_classes, in_features).uniform_(-bound, bound, generator=gen)
+        head.weight.copy_(w * (norm / w.norm()))
+        if bias:
+            head.bias.copy_(torch.empty(num_classes).uniform_(-bound, bound, generator=gen))
+    head.requires_grad_(False)
+    return head
+
+
+def _block(cin: int, cout: int, pool: bool) -> list[nn.Module]:
+    layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout, affine=False),
+              nn.ReLU()]
+    return layers + [nn.MaxPool2d(2)] if pool else layers
+
+
+class ConvNetSI(nn.Module):
+    """ConvNetSI (depth 3 of the paper): widths ``c, 2c, 4c, 8c``, bias-free convs, BN without
+    affine, frozen linear head of norm ``head_norm``. ``width=32`` is the paper's network."""
+
+    def __init__(self, width: int = 32, num_classes: int = 10, in_channels: int = 3,
+                 head_norm: float = HEAD_NORM, head_bias: bool = True):
+        super().__init__()
+        c = _check_width(width)
+        layers = _block(in_channels, c, pool=False)
+        for cin, cout in ((c, 2 * c), (2 * c, 4 * c), (4 * c, 8 * c)):
+            layers += _block(cin, cout, pool=True)
+        self.conv_layers = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.linear = _frozen_head(8 * c, num_classes, head_norm, head_bias)
+
+    def forward(self, x):
+        return self.linear(torch.flatten(self.pool(self.conv_layers(x)), 1))
+
+
+class PreActBlockSI(nn.Module):
+    """Pre-activation basic block; normalisation (not affine) in the shortcut when it downsamples."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin, affine=False)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout, affine=False)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.BatchNorm2d(cin, affine=False),
+                                          nn.Conv2d(cin, cout, 1, stride=stride, bias=False))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        skip = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv2(F.relu(self.bn2(self.conv1(out))))
+        return out + skip
+
+
+class ResNet18SI(nn.Module):
+    """Pre-activation ResNet-18 SI (widths ``c, 2c, 4c, 8c``; ``width=64`` is the standard net):
+    BN without affine everywhere, BN in downsampling shortcuts, a final BN, frozen bias-free head."""
+
+    def __init__(self, width: int = 64, num_classes: int = 10, in_channels: int = 3,
+                 head_norm: float = HEAD_NORM):
+        super().__init__()
+        c = _check_width(width)
+        self.conv1 = nn.Conv2d(in_channels, c, 3, padding=1, bias=False)
+        stages, cin = [], c
+        for i, (cout, stride) in enumerate(((c, 1), (2 * c, 2), (4 * c, 2), (8 * c, 2))):
+            stages.append(nn.Sequential(PreActBlockSI(cin, cout, stride), PreActBlockSI(cout, cout)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.bn = nn.BatchNorm2d(8 * c, affine=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.linear = _frozen_head(8 * c, num_classes, head_norm, bias=False)
+
+    def forward(self, x):
+        out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
+        out = self.pool(F.relu(self.bn(out)))
+        return self.linear(torch.flatten(out, 1))
+
+
+MODELS = {"convnet-si": ConvNetSI, "resnet18-si": ResNet18SI}
+
+
+def build_model(name: str, *, width: int, num_classes: int, in_channels: int, seed: int = 0,
+                dtype=torch.float32, device="cpu") -> nn.Module:
+    """Build a reference model by name (``"convnet-si"``, ``"resnet18-si"``); the SI weights are
+    drawn under ``torch.manual_seed(seed)`` (torch's default init), the head under :data:`HEAD_SEED`."""
+    if name not in MODELS:
+        raise ValueError(f"model must be one of {tuple(MODELS)}, got {name!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MODELS[name](width=width, num_classes=num_classes, in_channels=in_channels)
+    return model.to(device=device, dtype=dtype)
