@@ -103,14 +103,14 @@ def gallery(docs_dir) -> str:
     parts = []
     for png in sorted(Path(docs_dir, "img").glob("fig[0-9][0-9]_*.png")):
         name = png.stem
-        caption = ""
+        caption, title = "", name.split("_", 1)[1].replace("_", " ")
         if name in pkg.FIGURES:
             try:
-                caption = importlib.import_module(f"figures.{name}").CAPTION
+                mod = importlib.import_module(f"figures.{name}")
+                caption, title = getattr(mod, "CAPTION", ""), getattr(mod, "TITLE", title)
             except ImportError as err:  # a figure whose optional dependency is missing here
                 caption = f"(caption unavailable: {err})"
-        title = name.split("_", 1)[1].replace("_", " ")
-        parts += [f"## {name[:5].capitalize()}: {title}", "",
+        parts += [f"## Figure {int(name[3:5])} — {title}", "",
                   f"![{html.escape(title)}](img/{png.name})", "", caption,
                   "", f"Script: `figures/{name}.py`; data: `{name}.npz` next to the PNG in the "
                   "output folder.", ""]

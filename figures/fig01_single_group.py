@@ -22,6 +22,7 @@ from toymodel import dynamics, theory  # noqa: E402
 from toymodel.problems import SphereToy  # noqa: E402
 
 NAME = "fig01_single_group"
+TITLE = "One group: angle map and bifurcation diagram"
 CAPTION = ("One SI group (T11). Left: the angle map φ' = φ − arctan(η̃α·sin 2φ) for several "
            "η̃α; the 2-cycle sits where the map crosses φ' = −φ. Right: bifurcation diagram, the "
            "asymptotic angle of the simulated dynamics against η̃α, with the analytic 2-cycle "

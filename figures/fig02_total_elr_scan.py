@@ -22,6 +22,7 @@ from figures import _common as C  # noqa: E402
 from toymodel import theory  # noqa: E402
 
 NAME = "fig02_total_elr_scan"
+TITLE = "Total-ELR scan: the three regimes"
 ALPHAS = (1.0, 2.0, 4.0)
 CAPTION = ("Total-ELR scan of the toy with α = (1, 2, 4) (T10, T12). Top: tail loss of every seed "
            "against the ELR, with the equilibrium curve (Σα − 1/η̃)/2, the random level Σα/2 and "

@@ -25,6 +25,7 @@ from toymodel import regimes, simulate, theory  # noqa: E402
 from toymodel.problems import SphereToy  # noqa: E402
 
 NAME = "fig03_individual_elrs"
+TITLE = "Individual ELRs over time"
 ALPHAS = (1.0, 2.0, 4.0)
 CAPTION = ("Individual ELRs η̃ᵢαᵢ over time, one run per regime, toy α = (1, 2, 4) (T7–T10). "
            "The threshold η̃ᵢαᵢ = 1 is dashed. Convergence (c = η̃Σα = 0.9): every group ends below "

@@ -27,6 +27,7 @@ from toymodel._progress import progress  # noqa: E402
 from toymodel.problems import SphereToy  # noqa: E402
 
 NAME = "fig04_total_vs_individual"
+TITLE = "Total vs individual constraint"
 ALPHAS = (1.0, 2.0, 4.0)
 CONSTRAINTS = ("total", "individual")
 CAPTION = ("Total vs individual constraint, toy α = (1, 2, 4). Per-group tail loss as a fraction of "

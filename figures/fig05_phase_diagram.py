@@ -21,6 +21,7 @@ from toymodel import theory  # noqa: E402
 from toymodel._progress import progress  # noqa: E402
 
 NAME = "fig05_phase_diagram"
+TITLE = "Phase diagram: ELR × number of groups"
 CAPTION = ("Phase diagram of the toy with n groups of curvatures αᵢ = i, total constraint. Left: "
            "tail loss / random level Σα/2 (median over seeds); right: observed regime. Lines: the "
            "theory's convergence boundary 1/Σα = 2/(n(n+1)) and 1/min α = 1. The equilibrium band "

@@ -23,6 +23,7 @@ from figures import _common as C  # noqa: E402
 from toymodel import theory  # noqa: E402
 
 NAME = "fig06_lyapunov"
+TITLE = "Lyapunov exponent: quasi-periodic, then chaotic"
 ALPHAS = (1.0, 2.0, 4.0)
 CAPTION = ("Largest Lyapunov exponent per step against c = η̃Σα, toy α = (1, 2, 4), total "
            "constraint (twin-trajectory estimate, every seed a dot, the line the median). c < 1: "

@@ -74,7 +74,7 @@ def test_figure_redraws_from_saved_data(quick, name):
     with C.style():
         fig = mod.plot(arrays, params)
     assert len(fig.axes) >= 1
-    assert mod.CAPTION and mod.NAME == name
+    assert mod.CAPTION and mod.TITLE and mod.NAME == name
 
 
 def test_fig01_bifurcation_branch_is_the_analytic_two_cycle(quick):
