@@ -5,8 +5,12 @@ chunk plan (the baseline):
 
 * strong scaling: the same grid of compute-bound chunks (>= 1 s each by default) on a
   ``LocalCluster`` with 1 and with 2 worker processes (1 thread each); speed-up = T1 / T2;
-* scheduler overhead: (T_workers * workers - T_local) / (T_workers * workers), the share of the
-  distributed wall time not spent computing (an ideal cluster has T_workers = T_local / workers);
+* overhead vs ideal: (T_workers * workers - T_local) / (T_workers * workers), the share of the
+  distributed wall time not explained by the in-process compute time (an ideal cluster has
+  T_workers = T_local / workers); on a shared machine this also counts other users' load;
+* workers idle: 1 - (sum of the tasks' compute times) / (workers * wall), from Dask's task
+  stream: the scheduler's own overhead (dispatch, transfer, gather, commit) plus load imbalance,
+  insensitive to how fast the cores happen to be;
 * per-chunk overhead: the same comparison with tiny chunks (1 cell, a few steps), divided by the
   number of chunks: the fixed cost of one task (submit, schedule, pickle, gather, commit).
 
@@ -54,13 +58,28 @@ def cluster(n):
 
 
 def timed_scan(kw, client=None, repeat=1):
+    """Best wall time of ``repeat`` scans; with a client also the workers' busy fraction
+    (sum of task compute times / (workers x wall)) of that run, from Dask's task stream."""
     from toymodel.scan import scan
-    best = np.inf
+    best, busy = np.inf, np.nan
     for _ in range(repeat):
-        t = time.perf_counter()
-        scan(client=client, **kw)
-        best = min(best, time.perf_counter() - t)
-    return best
+        if client is None:
+            t = time.perf_counter()
+            scan(**kw)
+            wall = time.perf_counter() - t
+            b = np.nan
+        else:
+            from distributed import get_task_stream
+            with get_task_stream(client) as ts:
+                t = time.perf_counter()
+                scan(client=client, **kw)
+                wall = time.perf_counter() - t
+            comp = sum(ss["stop"] - ss["start"] for task in ts.data for ss in task["startstops"]
+                       if ss["action"] == "compute")
+            b = comp / (len(client.nthreads()) * wall)
+        if wall < best:
+            best, busy = wall, b
+    return (best, busy) if client is not None else best
 
 
 def warm_up(client, kw):
@@ -108,19 +127,20 @@ def main(argv=None) -> int:
     for n in (1, 2):
         with cluster(n) as c, distributed.Client(c) as client:
             t_warm = warm_up(client, big)
-            t_big = timed_scan(big, client, args.repeat)
-            t_tiny = timed_scan(tiny, client, args.repeat)
+            t_big, busy = timed_scan(big, client, args.repeat)
+            t_tiny, _ = timed_scan(tiny, client, args.repeat)
         overhead = (t_big * n - t_local) / (t_big * n)
         per_chunk = (t_tiny - t_tiny_local) / args.tiny_chunks
-        rows.append((n, t_warm, t_big, t_local / t_big, overhead, per_chunk))
+        rows.append((n, t_warm, t_big, t_local / t_big, overhead, 1 - busy, per_chunk))
     t1 = rows[0][2]
     print()
     print("| workers | warm-up (s) | big scan (s) | speed-up vs in-process | speed-up vs 1 worker "
-          "| scheduler overhead | per-chunk overhead (ms) |")
-    print("|---|---|---|---|---|---|---|")
-    for n, t_warm, t_big, sp, ov, pc in rows:
+          "| overhead vs ideal | workers idle | per-chunk overhead (ms) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n, t_warm, t_big, sp, ov, idle, pc in rows:
         print(f"| {n} | {t_warm:.2f} | {t_big:.2f} | {sp:.2f}x | {t1 / t_big:.2f}x | {ov * 100:.1f}% "
-              f"| {pc * 1e3:.1f} |")
+              f"| {idle * 100:.1f}% | {pc * 1e3:.1f} |")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     return 0
 
 
