@@ -11,6 +11,7 @@ call resumes from the store's completion markers. ``dask`` is imported only insi
 """
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 from ._deps import require
@@ -60,14 +61,23 @@ def run_chunks(client, plan, chunk_ids, commit, max_in_flight=None) -> None:
 
         ids: dict = {}
         first, rest = todo[:window], todo[window:]
-        pending = as_completed([submit(c) for c in first])
-        for fut in pending:
-            result = fut.result()  # raises the task's error, or CancelledError if the cluster died
-            c = ids.pop(fut.key)
-            fut.release()
-            commit(c, result)
-            if rest:
-                pending.add(submit(rest.pop(0)))
+        futures = [submit(c) for c in first]
+        pending = as_completed(futures)
+        try:
+            for fut in pending:
+                result = fut.result()  # the task's error, or CancelledError if the cluster died
+                c = ids.pop(fut.key)
+                fut.release()
+                commit(c, result)
+                if rest:
+                    futures.append(submit(rest.pop(0)))
+                    pending.add(futures[-1])
+        except BaseException:
+            # Ctrl-C, a failed task or a lost scheduler: stop the rest of this scan's tasks; the
+            # chunks committed so far stay in the store and the same call resumes from them.
+            with contextlib.suppress(Exception):
+                client.cancel([f for f in futures if f.key in ids])
+            raise
     finally:
         if owned:
             client.close()

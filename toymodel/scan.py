@@ -180,8 +180,9 @@ class ScanPlan:
 
     def params(self) -> dict:
         """JSON parameters: the manifest of a store; its hash identifies the plan."""
+        from . import __version__
         return {
-            "format": "toymodel-scan/1",
+            "format": "toymodel-scan/1", "toymodel_version": __version__,
             "configs": [_problem_record(p) for p in self.configs],
             "elrs": [float(x).hex() for x in self.elrs],
             "seeds": self.seeds.tolist(), "steps": self.steps, "tail": self.tail,
