@@ -8,6 +8,7 @@ from . import dynamics, problems, regimes, sphere, theory
 from .dynamics import Trajectory, initial_state, initial_states, simulate
 from .problems import RayleighToy, SphereToy
 from .regimes import classify, classify_summary
+from .scan import agreement, open_scan, scan  # the function shadows the module: toymodel.scan(...)
 from .theory import (divergence_threshold, equilibrium_grad_norm, equilibrium_loss,
                      equilibrium_shares, group_thresholds, individual_constraint_thresholds,
                      individual_elr, predict_regime, random_loss, total_threshold,
@@ -16,10 +17,10 @@ from .theory import (divergence_threshold, equilibrium_grad_norm, equilibrium_lo
 __version__ = "0.1.0"
 
 __all__ = [
-    "RayleighToy", "SphereToy", "Trajectory", "classify", "classify_summary",
+    "RayleighToy", "SphereToy", "Trajectory", "agreement", "classify", "classify_summary",
     "divergence_threshold", "dynamics", "equilibrium_grad_norm", "equilibrium_loss",
     "equilibrium_shares", "group_thresholds", "individual_constraint_thresholds",
-    "individual_elr", "initial_state", "initial_states", "predict_regime", "problems",
-    "random_loss", "regimes", "simulate", "sphere", "theory", "total_threshold",
+    "individual_elr", "initial_state", "initial_states", "open_scan", "predict_regime", "problems",
+    "random_loss", "regimes", "scan", "simulate", "sphere", "theory", "total_threshold",
     "two_cycle_angle", "__version__",
 ]
