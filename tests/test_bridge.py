@@ -22,6 +22,7 @@ from toymodel.bridge import (ConvNetSI, ResNet18SI, SphereSGD, load_data, parse_
 from toymodel.bridge.models import build_model  # noqa: E402
 
 ELR = 0.02
+torch.set_num_threads(1)  # tiny nets: one thread is fastest, and the CI machine is shared
 
 
 def _convnet(width=2, seed=0):
@@ -192,6 +193,18 @@ def test_one_step_angle_is_t6():
     assert float(opt.last_metrics["angle"]) == pytest.approx(measured, rel=1e-9)
     # T6: tan(angle) = elr * rho * |g| (exact up to BatchNorm's eps, which breaks <g, theta> = 0)
     assert measured == pytest.approx(math.atan(ELR * opt.rho * g), rel=1e-4)
+
+
+def test_tracking_does_not_change_the_step():
+    runs = []
+    for track in (False, True):  # the fast path and the general path with metrics
+        model = _convnet(width=2)
+        x, y = _batch()
+        opt = SphereSGD(si_groups(model), ELR, track=track)
+        for _ in range(5):
+            _grad_step(model, opt, x, y)
+        runs.append(_flat(model.parameters()))
+    assert float((runs[0] - runs[1]).abs().max()) <= 1e-13
 
 
 def test_total_and_individual_coincide_for_one_group():

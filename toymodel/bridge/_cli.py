@@ -26,11 +26,18 @@ def _common(p):
     p.add_argument("--record-every", type=int, default=1, help="keep every k-th step's trace")
     p.add_argument("--tail", type=int, default=None, help="epochs averaged for the regime "
                                                           "(default: last 10%%)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     p.add_argument("--out", required=True, help="output NetCDF file (.nc)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
 
 
 def _kwargs(args):
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be an integer >= 1, got {args.threads}")
+        import torch
+        torch.set_num_threads(args.threads)
     return dict(model=args.model, data=args.data, data_root=args.data_root,
                 input_size=args.input_size, epochs=args.epochs, width=args.width,
                 batch_size=args.batch_size, seed=args.seed, constraint=args.constraint,

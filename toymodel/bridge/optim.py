@@ -204,13 +204,44 @@ class SphereSGD(torch.optim.Optimizer):
             ds = bufs
         return ps, ds
 
-    @torch.no_grad()
+    def _fast_plan(self):
+        """(params, lr, rho) when the plain total-constraint step applies, else ``None``.
+
+        Rebuilt when the parameter groups change (``add_param_group``, ``load_state_dict``): the
+        cache key is the list of group dicts and the values the step depends on.
+        """
+        groups = self.param_groups
+        key = tuple((id(g), g["lr"], g.get("target"), g["momentum"], g["weight_decay"], g["si"],
+                     g["constraint"], len(g["params"])) for g in groups)
+        if getattr(self, "_plan_key", None) != key:
+            plain = all(g["si"] and g["constraint"] == "total" and not g["momentum"]
+                        and not g["weight_decay"] for g in groups)
+            self._plan = ([p for g in groups for p in g["params"]], groups[0]["lr"],
+                          groups[0]["target"]) if plain else None
+            self._plan_key = key
+        return self._plan
+
     def step(self, closure=None):
         """One projected step; returns ``closure()`` if given (like ``torch.optim.SGD``)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        with torch.no_grad():
+            plan = None if self.track else self._fast_plan()
+            if plan is not None:
+                ps, lr, rho = plan
+                grads = [p.grad for p in ps]
+                if None not in grads:
+                    # the common case in three foreach calls: v = theta - lr*g; theta = rho*v/|v|
+                    torch._foreach_add_(ps, grads, alpha=-lr)
+                    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(ps)))
+                    torch._foreach_mul_(ps, norm.reciprocal_().mul_(rho))
+                    return loss
+            self._step_general()
+        return loss
+
+    def _step_general(self):
         si = []
         for g in self.param_groups:
             ps, ds = self._direction(g)
@@ -227,15 +258,14 @@ class SphereSGD(torch.optim.Optimizer):
         constraint = si[0][0]["constraint"]
         if constraint == "total":
             allp = [p for g, _, _ in si for p in g["params"]]
-            norm = torch.stack(torch._foreach_norm(allp)).square().sum().sqrt()
-            torch._foreach_mul_(allp, si[0][0]["target"] / norm)
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(allp)))
+            torch._foreach_mul_(allp, norm.reciprocal_().mul_(si[0][0]["target"]))
         elif constraint == "individual":
             for g, _, _ in si:
                 torch._foreach_mul_(g["params"], g["target"] / _group_sq(g["params"]).sqrt())
         else:
             for g, _, _ in si:
                 _row_scale_(g["params"], g["target"] / _row_sq(g["params"]).sqrt())
-        return loss
 
     def _track_before(self, si):
         """Pre-step pieces of the metrics and the exact angle of the step (T6).
