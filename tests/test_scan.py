@@ -255,7 +255,8 @@ def test_keyboard_interrupt_then_resume_is_identical(tmp_path, monkeypatch):
 _CHILD = textwrap.dedent("""
     import os, signal, sys, time
     import numpy as np
-    import toymodel.scan as S, toymodel._store as store
+    import importlib, toymodel._store as store
+    S = importlib.import_module("toymodel.scan")  # toymodel.scan is the function
     mode, path = sys.argv[1], sys.argv[2]
     if mode == "torn":   # die in the middle of writing the third chunk's arrays
         def hook(chunk_id, name):
