@@ -59,6 +59,9 @@ def _cmd_figures(args) -> int:
     pkg = _figures_package()
     common = importlib.import_module("figures._common")
     names = select(pkg.FIGURES, args.only)
+    if args.backend == "auto" and args.quick:
+        # quick grids take seconds in NumPy, less than compiling the Numba kernels would
+        args.backend = "numpy"
     saved, common.BACKEND = common.BACKEND, args.backend
     try:
         return _run(names, args, _backend, progress)
@@ -123,5 +126,7 @@ def register(subparsers) -> None:
     p.add_argument("--gallery", default=None, metavar="DIR",
                    help="also copy the PNGs into DIR (the docs gallery is docs/img)")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="compute backend for the batch runs (default: the fastest installed)")
+                   help="compute backend for the batch runs (default: the fastest installed; "
+                        "NumPy in --quick mode, where compiling kernels would cost more than "
+                        "the runs)")
     p.set_defaults(func=_cmd_figures)
