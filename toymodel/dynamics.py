@@ -188,17 +188,40 @@ def simulate(problem, elr, steps, theta0=None, seed=0, constraint="total", radiu
 
     Parameters
     ----------
-    problem : a problem of :mod:`toymodel.problems`, or a sequence of curvatures (a :class:`SphereToy`).
-    elr : the total ELR :math:`\tilde\eta>0`; the learning rate is :math:`\eta=\tilde\eta\rho^2`.
-    steps : number of steps (>= 1).
-    theta0 : initial state ``(n, d)``; projected onto the constraint set. Default: drawn from
-        ``seed`` by :func:`initial_state`.
-    constraint : ``"total"`` (one sphere of radius ``radius``) or ``"individual"`` (each group on
-        its own sphere of radius ``radius*sqrt(shares_i)``, equal shares by default).
-    record_every : keep every k-th step's metrics.
-    progress_bar : show a progress bar (default: when ``steps`` >= 200000).
+    problem
+        A problem of :mod:`toymodel.problems`, or a sequence of curvatures (a :class:`SphereToy`).
+    elr
+        The total ELR :math:`\tilde\eta>0`; the learning rate is :math:`\eta=\tilde\eta\rho^2`.
+    steps
+        Number of steps (>= 1).
+    theta0
+        Initial state ``(n, d)``, projected onto the constraint set. Default: drawn from ``seed``
+        by :func:`initial_state`.
+    seed
+        Seed of the initial state when ``theta0`` is not given.
+    constraint
+        ``"total"`` (one sphere of radius ``radius``) or ``"individual"`` (each group on its own
+        sphere of radius ``radius*sqrt(shares_i)``, equal shares by default).
+    radius
+        The radius :math:`\rho` of the constraint set.
+    record_every
+        Keep every k-th step's metrics.
+    shares
+        Fixed shares of the individual constraint (``n`` positive numbers summing to 1).
+    progress_bar
+        Show a progress bar (default: when ``steps`` >= 200000).
 
-    Raises ``FloatingPointError`` if the state becomes non-finite or a group reaches zero norm.
+    Returns
+    -------
+    Trajectory
+        Traces and the final state, with the run's parameters.
+
+    Raises
+    ------
+    ValueError
+        On bad input, naming the value and the allowed range.
+    FloatingPointError
+        If the state becomes non-finite or a group reaches zero norm.
     """
     problem = as_problem(problem)
     elr = positive_finite("elr", elr)

@@ -444,11 +444,14 @@ def scan(problem_or_alphas, elrs, seeds=4, steps=20000, tail=2000, constraint="t
         per cell (:func:`plan_chunks`).
     progress_bar : show cells done / total.
 
-    Dataset: dims ``(elr, config, seed)``; per-cell ``tail_loss``, ``tail_loss_std``,
-    ``final_loss``, ``min_share``, ``frac_above_threshold``, ``tail_grad_norm``, ``tail_angle``
-    (``lyapunov``), ``status``, ``bad_step``, ``regime``, ``regime_reason``; per configuration
-    ``alphas`` (dim ``group``), ``random_loss``, ``total_threshold``, ``divergence_threshold``;
-    per (elr, config) ``equilibrium_loss`` and ``predicted_regime``; provenance in attrs.
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``(elr, config, seed)``; per-cell ``tail_loss``, ``tail_loss_std``,
+        ``final_loss``, ``min_share``, ``frac_above_threshold``, ``tail_grad_norm``, ``tail_angle``
+        (``lyapunov``), ``status``, ``bad_step``, ``regime``, ``regime_reason``; per configuration
+        ``alphas`` (dim ``group``), ``random_loss``, ``total_threshold``, ``divergence_threshold``;
+        per (elr, config) ``equilibrium_loss`` and ``predicted_regime``; provenance in attrs.
     """
     plan = _plan(problem_or_alphas, elrs, seeds, steps, tail, constraint, backend, dtype,
                  lyapunov, chunk_size, dim)
