@@ -424,25 +424,37 @@ def scan(problem_or_alphas, elrs, seeds=4, steps=20000, tail=2000, constraint="t
 
     Parameters
     ----------
-    problem_or_alphas : a problem, a curvature sequence (a :class:`SphereToy` of dimension ``dim``),
+    problem_or_alphas
+        A problem, a curvature sequence (a :class:`SphereToy` of dimension ``dim``),
         or a list of them (the ``config`` dimension). Configurations of different shapes are
         run in separate kernel calls.
-    elrs : ELRs :math:`\tilde\eta` (T3): a sequence, ``"a:b:N"`` (N log-spaced) or ``"x,y,z"``.
-    seeds : a count ``N`` (seeds ``0..N-1``) or a sequence of distinct non-negative integers;
+    elrs
+        ELRs :math:`\tilde\eta` (T3): a sequence, ``"a:b:N"`` (N log-spaced) or ``"x,y,z"``.
+    seeds
+        A count ``N`` (seeds ``0..N-1``) or a sequence of distinct non-negative integers;
         the initial state depends on the seed, the problem's shape and the constraint only.
-    steps, tail : steps per trajectory and the tail window the summaries average over.
-    constraint : ``"total"`` or ``"individual"`` (T7).
-    backend : passed unchanged to :func:`toymodel.backend.summarize`.
-    dtype : ``"float64"`` or ``"float32"``: the computing dtype.
-    store : path of a zarr store (``"scan.zarr"``): chunks are written as they finish and the same
+    steps, tail
+        Steps per trajectory and the tail window the summaries average over.
+    constraint
+        ``"total"`` or ``"individual"`` (T7).
+    backend
+        Passed unchanged to :func:`toymodel.backend.summarize`.
+    dtype
+        ``"float64"`` or ``"float32"``: the computing dtype.
+    store
+        Path of a zarr store (``"scan.zarr"``): chunks are written as they finish and the same
         call resumes an interrupted scan (see :mod:`toymodel._store`); a store made with other
         parameters raises ``ValueError``. The returned dataset then reads lazily from the store.
-    lyapunov : also estimate the largest Lyapunov exponent (a twin trajectory per cell).
-    client : ``None`` (in-process), a ``dask.distributed.Client`` or a scheduler address
+    lyapunov
+        Also estimate the largest Lyapunov exponent (a twin trajectory per cell).
+    client
+        ``None`` (in-process), a ``dask.distributed.Client`` or a scheduler address
         ``"tcp://host:port"``: chunks run on the Dask workers, the results are written here.
-    chunk_size : cells per chunk (int) or ``(elr, config, seed)`` sizes; default from the work
+    chunk_size
+        Cells per chunk (int) or ``(elr, config, seed)`` sizes; default from the work
         per cell (:func:`plan_chunks`).
-    progress_bar : show cells done / total.
+    progress_bar
+        Show cells done / total.
 
     Returns
     -------
