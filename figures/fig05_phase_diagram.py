@@ -73,7 +73,7 @@ def plot(data, params):
     fig, (ax0, ax1) = C.new_figure(1, 2, figsize=(7.6, 3.5), sharey=True)
     mesh = ax0.pcolormesh(xe, ye, np.median(data["loss_ratio"], axis=-1), vmin=0, vmax=1,
                           cmap="magma", shading="flat", rasterized=True)
-    fig.colorbar(mesh, ax=ax0, label="tail loss / random level", pad=0.01)
+    fig.colorbar(mesh, ax=ax0, pad=0.01)  # the panel title names the quantity; a label here reads as ax1's
     names = C.REGIME_CODES
     cmap = ListedColormap([C.REGIME_COLORS[n] for n in names])
     norm = BoundaryNorm(np.arange(len(names) + 1) - 0.5, len(names))
@@ -82,7 +82,7 @@ def plot(data, params):
     present = sorted(set(np.unique(data["regime_code"]).tolist()))
     handles = [Patch(color=C.REGIME_COLORS[names[i]], label=f"observed: {C.REGIME_TITLES[names[i]]}")
                for i in present]
-    ny = np.linspace(ns[0] - 0.5, ns[-1] + 0.5, 200)
+    ny = np.linspace(ns[0], ns[-1] + 0.5, 200)  # n >= 1: the curve means nothing below one group
     for ax, col in ((ax0, "white"), (ax1, "k")):
         # 1/Σα for α_i = i, drawn as a curve through the integer rows (theory, T10)
         ax.plot(2.0 / (ny * (ny + 1)), ny, color=col, lw=1.2, ls="--")
