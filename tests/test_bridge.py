@@ -388,3 +388,39 @@ def test_cli_train_and_scan(tmp_path, capsys):
     assert ds.sizes["elr"] == 2 and ds.regime.dims == ("elr",)
     assert main(["train", "--elr", "0.01", "--data", "synthetic", "--out", "run.txt"]) == 2
     assert "run.txt" in capsys.readouterr().err
+
+
+def test_per_filter_on_a_residual_stream_fixes_each_channel_across_the_stream():
+    model = ResNet18SI(width=1, in_channels=1).double()
+    groups = si_groups(model)
+    opt = SphereSGD(groups, ELR, constraint="per-filter")
+    x, y = _batch(n=16)
+    for _ in range(3):
+        _grad_step(model, opt, x, y)
+    r = opt.param_groups[0]["target"]
+    for g in groups:  # channel j of every tensor of a stream together has norm r
+        rows = sum(p.detach().reshape(p.shape[0], -1).square().sum(1) for p in g.params).sqrt()
+        np.testing.assert_allclose(rows.numpy(), r, rtol=1e-12)
+    assert opt.n_filters == sum(g.params[0].shape[0] for g in groups)
+
+
+def test_cifar_reader_uses_the_torchvision_layout_without_torchvision(tmp_path):
+    import pickle
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (3, 3072), dtype=np.uint8), b"labels": [0, 1, 9]}
+        with open(base / name, "wb") as f:
+            pickle.dump(batch, f)
+    data = load_data("cifar10", root=tmp_path, dtype=torch.float64)
+    assert data.x_train.shape == (15, 3, 32, 32) and data.x_test.shape == (3, 3, 32, 32)
+    assert data.num_classes == 10 and data.y_test.tolist() == [0, 1, 9]
+    with pytest.raises(FileNotFoundError, match="cifar-100-python"):
+        load_data("cifar100", root=tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a GPU")
+def test_cuda_without_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="'cuda'"):
+        train(elr=0.1, epochs=1, data="synthetic", device="cuda", progress_bar=False)
