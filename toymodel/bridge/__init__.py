@@ -14,7 +14,7 @@ from .data import ImageData, load_data
 from .groups import SIGroup, si_groups, verify_scale_invariance
 from .models import ConvNetSI, ResNet18SI, build_model
 from .optim import SphereSGD
-from .train import evaluate, parse_elrs, prepare, run, train, train_scan
+from .training import evaluate, parse_elrs, prepare, run, train, train_scan
 
 __all__ = ["ConvNetSI", "ImageData", "ResNet18SI", "SIGroup", "SphereSGD", "build_model",
            "evaluate", "load_data", "parse_elrs", "prepare", "run", "si_groups", "train",

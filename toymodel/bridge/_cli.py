@@ -63,7 +63,7 @@ _HEAD = (f"{'elr':<10} {'tail_loss':<11} {'random':<11} {'grad_norm':<11} {'angl
 
 def _cmd_train(args) -> int:
     _check_out(args.out)
-    from .train import train
+    from .training import train
     ds = train(elr=args.elr, **_kwargs(args))
     ds.to_netcdf(args.out)
     print(_HEAD)
@@ -74,7 +74,7 @@ def _cmd_train(args) -> int:
 
 def _cmd_train_scan(args) -> int:
     _check_out(args.out)
-    from .train import parse_elrs, train_scan
+    from .training import parse_elrs, train_scan
     ds = train_scan(parse_elrs(args.elrs), **_kwargs(args))
     ds.to_netcdf(args.out)
     print(_HEAD)
