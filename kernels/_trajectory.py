@@ -86,6 +86,128 @@ def _toy_advance(th, al, lr, individual, rho, radii, new):
     return loss, gsq
 
 
+def _toy_perp(th, pp):
+    r"""``pp`` :math:`\leftarrow p_i^2=\sum_{k\ge2}\theta_{i,k}^2` per group (the carried state of
+    :func:`_toy_step`)."""
+    n, d = th.shape
+    for i in range(n):
+        s = th[i, 1] * th[i, 1]
+        for k in range(2, d):
+            s += th[i, k] * th[i, k]
+        pp[i] = s
+
+
+def _toy_step(cur, new, al, lr, individual, rho, radii, pp, sv, k_tail, acc):
+    r"""One fused step of the canonical toy, ``new`` :math:`\leftarrow P(\theta-\eta\nabla F(\theta))`
+    with :math:`\theta=` ``cur``; returns the status code of ``new`` (as :func:`_check`).
+
+    Same arithmetic as :func:`_toy_advance` + :func:`_check` + :func:`_tail_update` (and so as
+    the spec) up to the order of the sums, in two passes over the state instead of six:
+
+    1. gradient, update and the sums :math:`\|\nabla F\|^2`, :math:`\|v_i\|^2` in one pass, with
+       :math:`p_i^2` of ``cur`` carried in ``pp`` from the previous step (so
+       :math:`\|\theta_i\|^2=p_i^2+x_i^2` needs no pass either);
+    2. the rescale (T5), writing :math:`p_i^2` of ``new`` into ``pp``; the group sums of ``new``
+       give the status (a NaN or inf entry makes its group's sum non-finite, entries are bounded
+       by the radius so squares do not overflow on their own). In tail steps (``k_tail`` > 0,
+       1-based index within the tail) the same pass adds the chord
+       :math:`\|\hat\theta-\hat\theta'\|^2` of the angle (T6) with reciprocals
+       :math:`1/\|\theta\|`, :math:`1/\|\theta'\|` (:math:`\|\theta'\|^2=\sum_i f_i^2\|v_i\|^2`),
+       and ``acc`` is updated only when the step is valid.
+
+    ``sv`` is ``n`` floats of scratch. Per group, :math:`x=\theta_{i,1}`, :math:`r^2=p^2+x^2`:
+    :math:`F_i=\alpha_i p^2/r^2`, :math:`\partial_1=-2\alpha_i x p^2/r^4`,
+    :math:`\partial_k=2\alpha_i x^2\theta_{i,k}/r^4` (toymodel.problems.SphereToy).
+    """
+    n, d = cur.shape
+    loss = 0.0
+    gsq = 0.0
+    tot = 0.0
+    totv = 0.0
+    smin = math.inf
+    above = 0.0
+    for i in range(n):
+        x = cur[i, 0]
+        perp = pp[i]
+        sq = perp + x * x
+        coef = 2.0 * al[i] / (sq * sq)
+        loss += al[i] * (perp / sq)
+        g0 = -coef * x * perp
+        c2 = coef * x * x
+        v0 = x - lr * g0
+        new[i, 0] = v0
+        gs = g0 * g0
+        vs = v0 * v0
+        for k in range(1, d):
+            gk = c2 * cur[i, k]
+            gs += gk * gk
+            vk = cur[i, k] - lr * gk
+            new[i, k] = vk
+            vs += vk * vk
+        gsq += gs
+        sv[i] = vs
+        totv += vs
+        tot += sq
+        if sq < smin:
+            smin = sq
+        if lr * al[i] > sq:
+            above += 1.0
+    # pass 2: rescale (total: one factor; individual: one per group)
+    f = rho / math.sqrt(totv)
+    code = STATUS_OK
+    c2s = 0.0
+    if k_tail > 0:
+        tot_new = 0.0
+        if individual:
+            for i in range(n):
+                fi = radii[i] / math.sqrt(sv[i])
+                tot_new += fi * fi * sv[i]
+        else:
+            tot_new = f * f * totv
+        ia = 1.0 / math.sqrt(tot)
+        ib = 1.0 / math.sqrt(tot_new)
+    else:
+        ia = 0.0
+        ib = 0.0
+    for i in range(n):
+        fi = radii[i] / math.sqrt(sv[i]) if individual else f
+        x0 = new[i, 0] * fi
+        new[i, 0] = x0
+        p = 0.0
+        if k_tail > 0:
+            u = cur[i, 0] * ia - x0 * ib
+            c2s += u * u
+            for k in range(1, d):
+                nk = new[i, k] * fi
+                new[i, k] = nk
+                p += nk * nk
+                u = cur[i, k] * ia - nk * ib
+                c2s += u * u
+        else:
+            for k in range(1, d):
+                nk = new[i, k] * fi
+                new[i, k] = nk
+                p += nk * nk
+        pp[i] = p
+        s = p + x0 * x0
+        if not math.isfinite(s):
+            code = STATUS_NONFINITE
+        elif not s > 0.0 and code == STATUS_OK:
+            code = STATUS_ZERO_NORM
+    if code != STATUS_OK or k_tail <= 0:
+        return code
+    delta = loss - acc[0]
+    acc[0] = acc[0] + delta / k_tail
+    acc[1] = acc[1] + delta * (loss - acc[0])
+    share = smin / tot
+    if share < acc[2]:
+        acc[2] = share
+    acc[3] += above
+    acc[4] += math.sqrt(tot * gsq)
+    acc[5] += 2.0 * math.asin(min(math.sqrt(c2s) / 2.0, 1.0))
+    return code
+
+
 def _toy_loss(th, al):
     r""":math:`F(\theta)=\sum_i\alpha_i p_i^2/r_i^2` (the toy loss alone)."""
     n, d = th.shape
@@ -298,16 +420,23 @@ def build(jit):
     g = {"_rescale": rescale}
     toy_advance = jit(_rebind(_toy_advance, g))
     toy_loss = jit(_toy_loss)
+    toy_perp = jit(_toy_perp)
+    toy_step = jit(_toy_step)
     rayleigh_advance = jit(_rayleigh_advance)
     twin_pull = jit(_rebind(_twin_pull, g))
     twin_init = jit(_rebind(_twin_init, g))
 
     def toy_run(th, al, elr, w, use_twin, individual, steps, tail, eps, tiny,
-                nxt, tw, twn, radii, acc, out, b):
+                nxt, tw, twn, scr, acc, out, b):
         """Run trajectory ``b`` in place (``th`` ends as the final or frozen state); write its
-        summaries; return (status, bad_step)."""
+        summaries; return (status, bad_step). ``scr`` is ``(3, n)`` scratch of the state's dtype
+        (group radii, carried :math:`p_i^2`, group sums of the update)."""
         n = th.shape[0]
+        radii = scr[0]
+        pp = scr[1]
+        sv = scr[2]
         rho = init_targets(th, radii)
+        toy_perp(th, pp)
         lr = elr * rho * rho
         init_acc(acc)
         if use_twin:
@@ -318,14 +447,11 @@ def build(jit):
         cur = th
         new = nxt
         for t in range(steps):
-            loss, gsq = toy_advance(cur, al, lr, individual, rho, radii, new)
-            code = check(new)
+            code = toy_step(cur, new, al, lr, individual, rho, radii, pp, sv, t - start + 1, acc)
             if code != 0:
                 status = code
                 bad = t
                 break
-            if t >= start:
-                tail_update(acc, t - start + 1, cur, new, loss, gsq, lr, al)
             if use_twin:
                 toy_advance(tw, al, lr, individual, rho, radii, twn)
                 lg = twin_pull(new, twn, tw, w, individual, rho, radii, eps, tiny)

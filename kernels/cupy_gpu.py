@@ -48,7 +48,7 @@ def toy(theta, elr, alphas, twin_dirs, use_twin, individual, steps, tail, eps, t
         w = tw = twn = xp.zeros((n, d, 1), dt)
     _nc.launch_toy(th, _own(xp, elr), _own(xp, alphas.T), w, use_twin,
                    individual, steps, tail, eps, tiny, xp.empty((n, d, B), dt), tw, twn,
-                   xp.empty((n, B), dt), out, status, bad_step)
+                   xp.empty((3, n, B), dt), out, status, bad_step)
     theta[...] = xp.moveaxis(th, -1, 0)
 
 

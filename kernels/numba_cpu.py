@@ -47,11 +47,11 @@ def toy_kernel(theta, elr, alphas, twin_dirs, use_twin, individual, steps, tail,
         nxt = np.empty((n, d), theta.dtype)
         tw = np.empty((n, d), theta.dtype)
         twn = np.empty((n, d), theta.dtype)
-        radii = np.empty(n, theta.dtype)
+        scr = np.empty((3, n), theta.dtype)
         acc = np.empty(_tr.N_ACC, np.float64)
         wb = twin_dirs[b] if use_twin else twin_dirs[0]
         s, k = _toy_run(theta[b], alphas[b], elr[b], wb, use_twin, individual, steps, tail, eps,
-                        tiny, nxt, tw, twn, radii, acc, out, b)
+                        tiny, nxt, tw, twn, scr, acc, out, b)
         status[b] = s
         bad_step[b] = k
 

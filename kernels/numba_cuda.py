@@ -47,14 +47,14 @@ def _grid(B):
 
 @cuda.jit
 def _toy_kernel(theta, elr, alphas, twin_dirs, use_twin, individual, steps, tail, eps, tiny,
-                nxt, tw, twn, radii, out, status, bad_step):
+                nxt, tw, twn, scr, out, status, bad_step):
     b = cuda.grid(1)
     if b < theta.shape[2]:
         acc = cuda.local.array(7, _f64)
         j = b if use_twin else 0   # twin buffers are (n, d, 1) dummies without the twin
         s, k = _toy_run(theta[:, :, b], alphas[:, b], elr[b], twin_dirs[:, :, j], use_twin,
                         individual, steps, tail, eps, tiny, nxt[:, :, b], tw[:, :, j],
-                        twn[:, :, j], radii[:, b], acc, out, b)
+                        twn[:, :, j], scr[:, :, b], acc, out, b)
         status[b] = s
         bad_step[b] = k
 
@@ -119,12 +119,13 @@ def _rayleigh_finish_kernel(S, Y, B, use_twin, tail, acc, out, status):
 
 # -- device launchers (arrays already on the device, layout (n, d, B)) ----------------------------
 def launch_toy(theta, elr, alphas, twin_dirs, use_twin, individual, steps, tail, eps, tiny,
-               nxt, tw, twn, radii, out, status, bad_step):
-    """Launch the toy kernel on device arrays (``theta``/``nxt`` ``(n, d, B)``, ``alphas``/``radii``
-    ``(n, B)``, twin buffers ``(n, d, B)`` or ``(n, d, 1)`` without the twin)."""
+               nxt, tw, twn, scr, out, status, bad_step):
+    """Launch the toy kernel on device arrays (``theta``/``nxt`` ``(n, d, B)``, ``alphas``
+    ``(n, B)``, scratch ``scr`` ``(3, n, B)`` of the state's dtype, twin buffers ``(n, d, B)`` or
+    ``(n, d, 1)`` without the twin)."""
     blocks, tpb = _grid(theta.shape[2])
     _toy_kernel[blocks, tpb](theta, elr, alphas, twin_dirs, bool(use_twin), bool(individual),
-                             int(steps), int(tail), eps, tiny, nxt, tw, twn, radii, out, status,
+                             int(steps), int(tail), eps, tiny, nxt, tw, twn, scr, out, status,
                              bad_step)
 
 
@@ -192,7 +193,7 @@ def toy(theta, elr, alphas, twin_dirs, use_twin, individual, steps, tail, eps, t
     d_bad = cuda.device_array(B, np.int64)
     launch_toy(d_theta, _dev(elr), _dev(alphas.T), d_w, use_twin, individual, steps, tail, eps,
                tiny, cuda.device_array((n, d, B), dt), d_tw, d_twn,
-               cuda.device_array((n, B), dt), d_out, d_status, d_bad)
+               cuda.device_array((3, n, B), dt), d_out, d_status, d_bad)
     _copy_back(d_theta, theta, d_out, out, d_status, status, d_bad, bad_step)
 
 
