@@ -21,13 +21,15 @@ test: $(STAMP)
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q
 
 figures: $(STAMP)
-	$(VENV)/bin/toymodel figures --out figures/out
+	$(VENV)/bin/toymodel figures --out figures/out --gallery docs/img
 
 docs: $(STAMP)
 	$(PY) -m mkdocs build --strict -f docs/mkdocs.yml
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_kernels.py
+	$(PY) benchmarks/bench_bridge.py
+	$(PY) benchmarks/bench_distributed.py
 
 clean:
 	rm -rf $(VENV) build site figures/out
