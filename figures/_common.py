@@ -70,6 +70,26 @@ def save_figure(fig, out_dir, name: str) -> list[Path]:
     return paths
 
 
+def write_figure(name: str, compute, plot, out_dir, quick: bool) -> list[Path]:
+    """The body of every ``main``: ``compute(quick)``, save the data, draw and save the figure."""
+    data, params = compute(quick)
+    paths = [save_data(out_dir, name, dict(params, quick=bool(quick)), **data)]
+    with style():
+        paths += save_figure(plot(data, params), out_dir, name)
+    return paths
+
+
+def script(main, caption: str) -> None:
+    """Run a figure module as a script: ``python figures/figNN_x.py [--out DIR] [--quick]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=caption)
+    ap.add_argument("--out", default="figures/out")
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    print("\n".join(map(str, main(a.out, a.quick))))
+
+
 def save_data(out_dir, name: str, params: dict, **arrays) -> Path:
     """Write the data behind a figure to ``name.npz``; ``params`` (JSON) says how it was made."""
     path = out_path(out_dir) / f"{name}.npz"

@@ -87,18 +87,8 @@ def plot(data, params):
 
 def main(out_dir, quick=False):
     """Compute, save ``fig02_total_elr_scan.{png,pdf,npz}`` into ``out_dir``; returns the paths."""
-    data, params = compute(quick)
-    paths = [C.save_data(out_dir, NAME, dict(params, quick=bool(quick)), **data)]
-    with C.style():
-        paths += C.save_figure(plot(data, params), out_dir, NAME)
-    return paths
+    return C.write_figure(NAME, compute, plot, out_dir, quick)
 
 
 if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description=CAPTION)
-    ap.add_argument("--out", default="figures/out")
-    ap.add_argument("--quick", action="store_true")
-    a = ap.parse_args()
-    print("\n".join(map(str, main(a.out, a.quick))))
+    C.script(main, CAPTION)
