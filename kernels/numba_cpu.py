@@ -19,8 +19,13 @@ twins), then a ``prange`` over trajectories for the rest of the step.
 """
 from __future__ import annotations
 
+import platform
+
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 from . import _trajectory as _tr
 
@@ -37,6 +42,40 @@ _twin_init = _T.twin_init
 _finish = _T.finish
 N_OUT = _tr.N_OUT
 
+#: MXCSR bits flush-to-zero (15) and denormals-are-zero (6) of x86-64 SSE/AVX arithmetic.
+_FTZ_DAZ = np.uint32(0x8040)
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _mxcsr_call(builder, name, ptr):
+    fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer()])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+    builder.call(fn, [builder.bitcast(ptr, ir.IntType(8).as_pointer())])
+
+
+@intrinsic
+def _get_fpmode(typingctx):
+    """The calling thread's MXCSR (0 off x86-64)."""
+    def codegen(context, builder, signature, args):
+        if not _X86:
+            return ir.Constant(ir.IntType(32), 0)
+        ptr = cgutils.alloca_once(builder, ir.IntType(32))
+        _mxcsr_call(builder, "llvm.x86.sse.stmxcsr", ptr)
+        return builder.load(ptr)
+    return types.uint32(), codegen
+
+
+@intrinsic
+def _set_fpmode(typingctx, value):
+    """Load ``value`` into the calling thread's MXCSR (a no-op off x86-64)."""
+    def codegen(context, builder, signature, args):
+        if _X86:
+            ptr = cgutils.alloca_once(builder, ir.IntType(32))
+            builder.store(args[0], ptr)
+            _mxcsr_call(builder, "llvm.x86.sse.ldmxcsr", ptr)
+        return context.get_dummy_value()
+    return types.void(types.uint32), codegen
+
 
 @njit(parallel=True, error_model="numpy", fastmath=_FAST)
 def toy_kernel(theta, elr, alphas, twin_dirs, use_twin, individual, steps, tail, eps, tiny,
@@ -44,6 +83,8 @@ def toy_kernel(theta, elr, alphas, twin_dirs, use_twin, individual, steps, tail,
     """The canonical toy for ``B`` trajectories (see the module docstring for the contract)."""
     B, n, d = theta.shape
     for b in prange(B):
+        mode = _get_fpmode()   # per thread: flush subnormals to zero, restored below
+        _set_fpmode(mode | _FTZ_DAZ)
         nxt = np.empty((n, d), theta.dtype)
         tw = np.empty((n, d), theta.dtype)
         twn = np.empty((n, d), theta.dtype)
@@ -54,6 +95,7 @@ def toy_kernel(theta, elr, alphas, twin_dirs, use_twin, individual, steps, tail,
                         tiny, nxt, tw, twn, scr, acc, out, b)
         status[b] = s
         bad_step[b] = k
+        _set_fpmode(mode)
 
 
 @njit(parallel=True, error_model="numpy", fastmath=_FAST)

@@ -212,3 +212,20 @@ def test_invalid_cells_are_flagged_not_crashing(kind):
         assert np.all(np.isnan(got[nm][1:])), nm
     assert_matches(got, ref)
     assert np.all(np.isfinite(got["theta_final"][2]))   # frozen at the last finite state
+
+
+@pytest.mark.skipif(not has("numba"), reason="no numba")
+def test_numba_flush_to_zero_keeps_spec_and_restores_fp_mode():
+    """The numba CPU kernel flushes subnormals to zero (a converged run's perpendicular coordinates
+    otherwise crawl through the subnormal range at ~100 cycles per operation): the summaries still
+    equal the spec, whose states do reach subnormals, and the caller's FP mode is restored."""
+    prob = SphereToy([1.0, 2.0, 4.0], dim=3)
+    th0, _ = dynamics.initial_states(prob, [0, 1], "total", twin=True)
+    elr = np.array([0.3, 0.5]) / prob.alphas.sum()
+    kw = dict(steps=2500, tail=250)
+    ref = dynamics.summarize_batch(prob, th0, elr, **kw)
+    tf = np.abs(ref["theta_final"])
+    assert np.any((tf > 0) & (tf < np.finfo(float).tiny))   # the spec ran into subnormals
+    assert_matches(run_kernel("numba", prob, th0, elr, **kw), ref)
+    x = np.array([1e-300])
+    assert (x * 1e-10)[0] > 0.0                               # subnormals still exist here
