@@ -286,29 +286,13 @@ def train(*, elr, epochs, model="convnet-si", data="digits", width=8, batch_size
 
 
 def parse_elrs(text) -> np.ndarray:
-    """``"a:b:N"`` -> N log-spaced values from a to b; ``"x,y,z"`` -> that list."""
-    if not isinstance(text, str):
-        arr = np.atleast_1d(np.asarray(text, dtype=np.float64))
-    elif ":" in text:
-        parts = text.split(":")
-        try:
-            a, b, k = float(parts[0]), float(parts[1]), int(parts[2])
-            if len(parts) != 3:
-                raise ValueError
-        except (ValueError, IndexError):
-            raise ValueError(f"elrs must be 'a:b:N' (N log-spaced values) or 'x,y,...', "
-                             f"got {text!r}") from None
-        if not (a > 0 and b > 0 and k >= 1):
-            raise ValueError(f"elrs 'a:b:N' needs a, b > 0 and N >= 1, got {text!r}")
-        arr = np.geomspace(a, b, k)
-    else:
-        try:
-            arr = np.array([float(t) for t in text.split(",") if t.strip()])
-        except ValueError:
-            raise ValueError(f"elrs must be 'a:b:N' or 'x,y,...', got {text!r}") from None
-    if arr.size == 0 or not np.all(np.isfinite(arr) & (arr > 0)):
-        raise ValueError(f"elrs must be positive finite numbers, got {text!r}")
-    return arr
+    """``"a:b:N"`` -> N log-spaced values from a to b; ``"x,y,z"`` -> that list; a sequence as given.
+
+    The same grammar as the toy scans (:func:`toymodel.scan.elr_grid`), so a network ELR scan and a
+    toy scan can be written with one grid."""
+    from ..scan import elr_grid
+
+    return elr_grid(text)
 
 
 def train_scan(elrs, *, progress_bar=True, **kw):
