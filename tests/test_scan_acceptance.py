@@ -1,0 +1,45 @@
+"""Issue acceptance for scans, at reduced resolution: a phase diagram of alpha = (1, 2, 4).
+
+Labels come from the classifier (observed dynamics); predictions from theory.predict_regime.
+The comparison excludes the 5% window around the sharp boundary 1/sum(alpha) and states what
+happens in the smooth equilibrium->divergence passage just above 1/min(alpha) (docs/theory.md).
+"""
+import numpy as np
+import pytest
+
+import toymodel
+
+A = [1.0, 2.0, 4.0]
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return toymodel.scan(A, "1e-2:10:100", seeds=3, steps=20000, tail=2000, backend="numpy",
+                         progress_bar=False)
+
+
+def test_labels_match_theory_away_from_the_boundaries(ds):
+    elr = ds["elr"].values
+    obs = ds["regime"].values[:, 0, :]
+    pred = ds["predicted_regime"].values[:, 0]
+    near_total = np.abs(elr * sum(A) - 1) <= 0.05
+    band = (elr > 1.0) & (elr <= 1.35)  # just above 1/min(alpha): the smooth passage
+    keep = ~near_total & ~band
+    assert (obs[keep] == pred[keep, None]).all()
+    # inside the band the only disagreement is the documented one: the loss is still below 0.9 of
+    # the random level, so the run is labelled an equilibrium where theory says divergence
+    wrong = obs[band] != pred[band, None]
+    assert (obs[band][wrong] == "chaotic_equilibrium").all()
+    assert toymodel.agreement(ds, window=0.05) > 0.95
+
+
+def test_tail_loss_matches_equilibrium_loss_in_the_window(ds):
+    elr = ds["elr"].values
+    c = elr * sum(A)
+    win = (c >= 1.1) & (c <= 1.5)
+    tl = ds["tail_loss"].values[win, 0, :]
+    want = ds["equilibrium_loss"].values[win, 0][:, None]
+    rel = np.abs(tl / want - 1)
+    assert np.median(rel) < 1e-4
+    assert (rel < 0.01).mean() >= 0.9  # a few seeds sit on a second, quasi-periodic orbit
+    assert (ds["status"].values == 0).all()
