@@ -8,9 +8,11 @@ total vs individual). An *element-step* is one coordinate of one trajectory adva
 uncompiled trajectory code of kernels._trajectory on a tiny sample, extrapolated), NumPy
 vectorised (dynamics.summarize_batch), JAX jit(vmap(lax.scan)) when jax is importable, numba CPU,
 and the GPU backends when a GPU is present. Compile time (first call on a tiny input) is reported
-separately and excluded from the rates.
+separately and excluded from the rates; "run s" is the wall time of the timed run (extrapolated for
+the Python loop). Every workload uses tail = steps / 10, the ratio of scans (CLI defaults
+--steps 20000 --tail 2000); ELRs span c = elr * sum(alpha) in [0.3, 3] (all three regimes).
 
-FLOPs per element-step are counted analytically from the kernel code (see FLOPS below); the FP64
+FLOPs per element-step are counted analytically from the kernel code (flops_per_element); the FP64
 peak is cores x clock x FLOPs/cycle (AVX-512: 2 FMA ports x 8 doubles x 2 = 32; AVX2+FMA: 16),
 read from os.cpu_count() and /proc/cpuinfo. It is an upper bound: a shared or throttled machine
 reaches less.
@@ -32,12 +34,18 @@ from toymodel import backend, dynamics  # noqa: E402
 from toymodel._deps import has  # noqa: E402
 from toymodel.problems import RayleighToy, SphereToy  # noqa: E402
 
-# FLOPs per element-step of the kernels: toy step 10 (perp 2, grad 1, |g|^2 2, update 2,
-# rescale norm 2, scale 1), tail statistics +9 per element (two norms 4, chord 5); Rayleigh adds the
-# mat-vec 2m per element (m = d) and 8 for the quotient, gradient and rescale.
+# FLOPs per element-step of the toy kernel's fused step (kernels._trajectory._toy_step): 10
+# (gradient 1, |g|^2 2, update 2, |v|^2 2, rescale 1, carried |p|^2 2), tail steps +5 (the chord
+# of the angle; the group norms come free from the sums). Rayleigh: 2m per element for the GEMM
+# (m = d) plus ~20 for the quotient, gradient, rescale, check and tail statistics.
 def flops_per_element(kind, d, tail_frac):
-    base = 10 + 9 * tail_frac
-    return base + 2 * d if kind == "rayleigh" else base
+    if kind == "rayleigh":
+        return 2 * d + 20
+    return 10 + 5 * tail_frac
+
+
+#: tail window as a fraction of the steps, as in scans (CLI defaults --steps 20000 --tail 2000).
+TAIL_FRACTION = 0.1
 
 
 def cpu_peak():
@@ -115,12 +123,12 @@ def naive_rate(problem, constraint, steps, tail, kind):
     t = time.perf_counter()
     if kind == "rayleigh":
         Bs = problem.A - problem.lambda_min * np.eye(d)
-        T.rayleigh_run(Bs, th, problem.alphas, elr[0], z, False, st, max(1, st // 2), 1e-8, 1e-300,
+        T.rayleigh_run(Bs, th, problem.alphas, elr[0], z, False, st, max(1, st // 10), 1e-8, 1e-300,
                        z.copy(), z.copy(), z.copy(), z.copy(), z.copy(), np.empty(1), acc, out, 0)
     else:
         T.toy_run(th, problem.alphas, elr[0], z, False, constraint == "individual", st,
-                  max(1, st // 2), 1e-8, 1e-300, z.copy(), z.copy(), z.copy(), np.empty(n), acc,
-                  out, 0)
+                  max(1, st // 10), 1e-8, 1e-300, z.copy(), z.copy(), z.copy(), np.empty((3, n)),
+                  acc, out, 0)
     return n * d * st / (time.perf_counter() - t)
 
 
@@ -204,34 +212,37 @@ def main(argv=None):
           f"JAX: {'yes' if has('jax') else 'not installed'}")
     results = []
     for title, problem, constraint, B, steps, kind in workloads(args.quick):
-        tail = steps // 2
+        tail = max(1, int(steps * TAIL_FRACTION))
         fpe = flops_per_element(kind, problem.dim, tail / steps)
-        rows = [("python loop (extrapolated)", naive_rate(problem, constraint, steps, tail, kind),
-                 0.0)]
-        r_np, _, _ = bench_backend("numpy", problem, constraint, B, steps, tail)
-        rows.append(("numpy (summarize_batch)", r_np, 0.0))
+        total = B * problem.n_groups * problem.dim * steps
+        rate = naive_rate(problem, constraint, steps, tail, kind)
+        rows = [("python loop (extrapolated)", rate, 0.0, total / rate)]
+        r_np, _, t_np = bench_backend("numpy", problem, constraint, B, steps, tail)
+        rows.append(("numpy (summarize_batch)", r_np, 0.0, t_np))
         if has("jax"):
             try:
-                rows.append(("jax jit(vmap(scan)) [loss only]",
-                             *jax_rate(problem, constraint, B, steps, tail, kind)))
+                rate, comp = jax_rate(problem, constraint, B, steps, tail, kind)
+                rows.append(("jax jit(vmap(scan)) [loss only]", rate, comp, total / rate))
             except Exception as err:   # report, do not fail the benchmark
                 print(f"  jax failed: {err}")
         for name in ["numba"] + gpus:
             if name == "numba" and not has("numba"):
                 continue
-            r, c, _ = bench_backend(name, problem, constraint, B, steps, tail)
-            rows.append((name, r, c))
+            r, c, t = bench_backend(name, problem, constraint, B, steps, tail)
+            rows.append((name, r, c, t))
         n, d = problem.n_groups, problem.dim
         print(f"\n## {title}: B={B} trajectories, n={n}, d={d}, steps={steps}, tail={tail}, "
               f"{fpe:.0f} FLOP/element-step")
-        print(f"| method | element-steps/s | x NumPy | GFLOP/s | % CPU FP64 peak | compile s |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for meth, rate, comp in rows:
+        print(f"| method | element-steps/s | x NumPy | GFLOP/s | % CPU FP64 peak | compile s | run s |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for meth, rate, comp, wall in rows:
             gf = rate * fpe / 1e9
             pct = f"{100 * gf / peak:.1f}" if meth not in gpus else "(GPU)"
-            print(f"| {meth} | {rate:.3g} | {rate / r_np:.2f} | {gf:.3g} | {pct} | {comp:.2f} |")
+            print(f"| {meth} | {rate:.3g} | {rate / r_np:.2f} | {gf:.3g} | {pct} | {comp:.2f} | "
+                  f"{wall:.3g} |")
             results.append(dict(workload=title, method=meth, B=B, n=n, d=d, steps=steps,
-                                rate=rate, ratio_numpy=rate / r_np, gflops=gf, compile_s=comp))
+                                tail=tail, rate=rate, ratio_numpy=rate / r_np, gflops=gf,
+                                compile_s=comp, run_s=wall))
         sys.stdout.flush()
     if args.out:
         with open(args.out, "w") as f:
