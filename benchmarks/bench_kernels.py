@@ -192,8 +192,11 @@ def bench_backend(name, problem, constraint, B, steps, tail):
         backend.summarize(problem, th0[:2], elr[:2], steps=2, tail=1, constraint=constraint,
                           backend=name)
         compile_s = time.perf_counter() - t
-    dt = _timed(lambda: backend.summarize(problem, th0, elr, steps=steps, tail=tail,
-                                          constraint=constraint, backend=name))
+    run = lambda: backend.summarize(problem, th0, elr, steps=steps, tail=tail,  # noqa: E731
+                                    constraint=constraint, backend=name)
+    dt = _timed(run)
+    if dt < 1.0:   # short runs: best of 3 more, against the noise of a shared machine
+        dt = min(dt, _timed(run, repeat=3))
     return B * th0.shape[1] * th0.shape[2] * steps / dt, compile_s, dt
 
 
