@@ -232,7 +232,7 @@ class SphereSGD(torch.optim.Optimizer):
             if plan is not None:
                 ps, lr, rho = plan
                 grads = [p.grad for p in ps]
-                if None not in grads:
+                if all(g is not None for g in grads):  # `None in grads` calls Tensor.__eq__: ~40 us
                     # the common case in three foreach calls: v = theta - lr*g; theta = rho*v/|v|
                     torch._foreach_add_(ps, grads, alpha=-lr)
                     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(ps)))
