@@ -196,15 +196,7 @@ def _toy_step(cur, new, al, lr, individual, rho, radii, pp, sv, k_tail, acc):
             code = STATUS_ZERO_NORM
     if code != STATUS_OK or k_tail <= 0:
         return code
-    delta = loss - acc[0]
-    acc[0] = acc[0] + delta / k_tail
-    acc[1] = acc[1] + delta * (loss - acc[0])
-    share = smin / tot
-    if share < acc[2]:
-        acc[2] = share
-    acc[3] += above
-    acc[4] += math.sqrt(tot * gsq)
-    acc[5] += 2.0 * math.asin(min(math.sqrt(c2s) / 2.0, 1.0))
+    _fold_tail(acc, k_tail, loss, smin / tot, above, math.sqrt(tot * gsq), c2s)
     return code
 
 
@@ -298,6 +290,20 @@ def _init_acc(acc):
     acc[2] = math.inf
 
 
+def _fold_tail(acc, k, loss, share, above, eff_grad, chord2):
+    r"""Fold tail step ``k`` (1-based) into ``acc``: Welford mean/M2 of the loss, min share (T7),
+    threshold count (T10), effective gradient norm (T2) and the angle
+    :math:`2\arcsin(\text{chord}/2)` between the state and the next one (T6)."""
+    delta = loss - acc[0]
+    acc[0] = acc[0] + delta / k
+    acc[1] = acc[1] + delta * (loss - acc[0])
+    if share < acc[2]:
+        acc[2] = share
+    acc[3] += above
+    acc[4] += eff_grad
+    acc[5] += 2.0 * math.asin(min(math.sqrt(chord2) / 2.0, 1.0))
+
+
 def _tail_update(acc, k, th, new, loss, gsq, lr, al):
     r"""Fold step ``k`` (1-based within the tail) into ``acc``: Welford mean/M2 of the loss, min share
     (T7), threshold count :math:`\eta\alpha_i>\|\theta_i\|^2` (T10), effective gradient norm (T2),
@@ -319,14 +325,6 @@ def _tail_update(acc, k, th, new, loss, gsq, lr, al):
             smin = s
         if lr * al[i] > s:
             above += 1.0
-    delta = loss - acc[0]
-    acc[0] = acc[0] + delta / k
-    acc[1] = acc[1] + delta * (loss - acc[0])
-    share = smin / tot
-    if share < acc[2]:
-        acc[2] = share
-    acc[3] += above
-    acc[4] += math.sqrt(tot * gsq)
     na = math.sqrt(tot)
     nb = math.sqrt(tot_new)
     c2 = 0.0
@@ -334,7 +332,7 @@ def _tail_update(acc, k, th, new, loss, gsq, lr, al):
         for j in range(d):
             u = th[i, j] / na - new[i, j] / nb
             c2 += u * u
-    acc[5] += 2.0 * math.asin(min(math.sqrt(c2) / 2.0, 1.0))
+    _fold_tail(acc, k, loss, smin / tot, above, math.sqrt(tot * gsq), c2)
 
 
 def _twin_pull(new, twn, tw, w, individual, rho, radii, eps, tiny):
@@ -412,16 +410,16 @@ def build(jit):
     check = jit(_check)
     init_targets = jit(_init_targets)
     init_acc = jit(_init_acc)
-    tail_update = jit(_tail_update)
     copy = jit(_copy)
     finish = jit(_finish)
     matvec = jit(_matvec)
-    # module-level helpers that call _rescale get a copy whose global points at the compiled one
-    g = {"_rescale": rescale}
+    # module-level helpers that call other helpers get a copy whose globals point at the compiled ones
+    g = {"_rescale": rescale, "_fold_tail": jit(_fold_tail)}
+    tail_update = jit(_rebind(_tail_update, g))
     toy_advance = jit(_rebind(_toy_advance, g))
     toy_loss = jit(_toy_loss)
     toy_perp = jit(_toy_perp)
-    toy_step = jit(_toy_step)
+    toy_step = jit(_rebind(_toy_step, g))
     rayleigh_advance = jit(_rayleigh_advance)
     twin_pull = jit(_rebind(_twin_pull, g))
     twin_init = jit(_rebind(_twin_init, g))
