@@ -36,11 +36,46 @@ from numba.extending import intrinsic
 
 from . import _trajectory as _tr
 
+
+def _drop_stale_cache():
+    """Key numba's on-disk cache on both kernel sources.
+
+    ``cache=True`` saves the compiled kernels (a first call costs ~7 s of JIT per process: every
+    CLI run and every Dask worker). numba invalidates a cached function only when *its own* file
+    changes, but the kernels here inline the functions of ``_trajectory.py``: after an edit there
+    they would keep the old code. So the cache files of both modules are deleted whenever the
+    hash of the two sources differs from the one recorded beside them. Best effort: a read-only
+    install (where numba caches elsewhere and nothing is edited) is left alone.
+    """
+    import hashlib
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    cache = here / "__pycache__"
+    digest = hashlib.sha256(b"".join((here / f).read_bytes()
+                                     for f in ("_trajectory.py", "numba_cpu.py"))).hexdigest()
+    stamp = cache / "numba_cpu.sources-sha256"
+    try:
+        if stamp.read_text() == digest:
+            return
+    except OSError:
+        pass
+    try:
+        for f in list(cache.glob("numba_cpu.*.nb[ci]")) + list(cache.glob("_trajectory.*.nb[ci]")):
+            f.unlink(missing_ok=True)
+        cache.mkdir(exist_ok=True)
+        stamp.write_text(digest)
+    except OSError:
+        pass
+
+
+_drop_stale_cache()
+
 # error_model="numpy": x/0 gives inf/nan (turned into a status code), never ZeroDivisionError.
 # fastmath reassoc+contract only: lets LLVM vectorise the sums of squares (rounding-level changes,
 # within the 1e-12 contract); no nnan/ninf, so NaN and inf checks stay meaningful.
 _FAST = {"reassoc", "contract"}
-_T = _tr.build(lambda f: njit(f, error_model="numpy", nogil=True, fastmath=_FAST))
+_T = _tr.build(lambda f: njit(f, error_model="numpy", nogil=True, fastmath=_FAST, cache=True))
 _toy_run = _T.toy_run
 _rayleigh_substep = _T.rayleigh_substep
 _init_targets = _T.init_targets
@@ -84,7 +119,7 @@ def _set_fpmode(typingctx, value):
     return types.void(types.uint32), codegen
 
 
-@njit(parallel=True, error_model="numpy", fastmath=_FAST)
+@njit(parallel=True, error_model="numpy", fastmath=_FAST, cache=True)
 def toy_kernel(theta, elr, alphas, twin_dirs, use_twin, individual, steps, tail, eps, tiny,
                out, status, bad_step):
     """The canonical toy for ``B`` trajectories (see the module docstring for the contract)."""
@@ -105,7 +140,7 @@ def toy_kernel(theta, elr, alphas, twin_dirs, use_twin, individual, steps, tail,
         _set_fpmode(mode)
 
 
-@njit(parallel=True, error_model="numpy", fastmath=_FAST)
+@njit(parallel=True, error_model="numpy", fastmath=_FAST, cache=True)
 def rayleigh_kernel(theta, Bs, elr, alphas, twin_dirs, use_twin, steps, tail, eps, tiny,
                     out, status, bad_step):
     r"""The SI Rayleigh quotient (``theta`` ``(B, 1, m)``, ``Bs`` = :math:`A-\lambda_1I` ``(m, m)``)."""
