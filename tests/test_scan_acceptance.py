@@ -43,3 +43,17 @@ def test_tail_loss_matches_equilibrium_loss_in_the_window(ds):
     assert np.median(rel) < 1e-4
     assert (rel < 0.01).mean() >= 0.9  # a few seeds sit on a second, quasi-periodic orbit
     assert (ds["status"].values == 0).all()
+
+
+def test_numba_scan_agrees_with_the_numpy_scan(ds):
+    pytest.importorskip("numba")
+    fast = toymodel.scan(A, "1e-2:10:100", seeds=3, steps=20000, tail=2000, backend="numba",
+                         progress_bar=False)
+    assert fast.attrs["backend"] == "numba" and ds.attrs["backend"] == "numpy"
+    c = ds["elr"].values * sum(A)
+    below, window = c <= 0.9, (c >= 1.1) & (c <= 1.5)
+    assert fast["tail_loss"].values[below].max() < 1e-12
+    rel = np.abs(fast["tail_loss"].values[window] / ds["tail_loss"].values[window] - 1)
+    assert np.median(rel) < 1e-6  # quasi-periodic there: rounding differences stay small
+    # chaotic cells differ in their digits, not in their regime (except right at a criterion)
+    assert (fast["regime"].values == ds["regime"].values).mean() > 0.98
