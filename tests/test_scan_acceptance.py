@@ -4,6 +4,8 @@ Labels come from the classifier (observed dynamics); predictions from theory.pre
 The comparison excludes the 5% window around the sharp boundary 1/sum(alpha) and states what
 happens in the smooth equilibrium->divergence passage just above 1/min(alpha) (docs/theory.md).
 """
+import importlib
+
 import numpy as np
 import pytest
 
@@ -57,3 +59,15 @@ def test_numba_scan_agrees_with_the_numpy_scan(ds):
     assert np.median(rel) < 1e-6  # quasi-periodic there: rounding differences stay small
     # chaotic cells differ in their digits, not in their regime (except right at a criterion)
     assert (fast["regime"].values == ds["regime"].values).mean() > 0.98
+
+
+def test_individual_constraint_staircase_agrees_below_the_top_step():
+    # below 1/(n min alpha) = 1/3 the staircase is sharp: every label matches away from its first
+    # step 1/(n max alpha) = 1/12 (the window agreement() uses under this constraint)
+    ind = toymodel.scan(A, "1e-2:0.3:40", seeds=2, steps=6000, tail=600, constraint="individual",
+                        backend="numpy", progress_bar=False)
+    boundary = importlib.import_module("toymodel.scan").convergence_boundary  # toymodel.scan: the function
+    assert float(boundary(ind)[0]) == pytest.approx(1 / 12)
+    assert toymodel.agreement(ind, window=0.05) == 1.0
+    labels = set(ind["regime"].values.ravel())
+    assert labels == {"convergence", "chaotic_equilibrium"}

@@ -43,18 +43,22 @@ def _cmd_scan(args) -> int:
 
 
 def _print_summary(ds, agreement) -> None:
+    from .scan import convergence_boundary
+
     n = int(np.prod([ds.sizes[d] for d in ("elr", "config", "seed")]))
     print(f"{n} cells ({ds.sizes['elr']} ELRs x {ds.sizes['config']} configs x "
           f"{ds.sizes['seed']} seeds), backend {ds.attrs.get('backend')}, dtype {ds.attrs.get('dtype')}")
     agree = agreement(ds, window=0.0, by_config=True).values
     agree5 = agreement(ds, window=0.05, by_config=True).values
+    boundary = np.atleast_1d(convergence_boundary(ds).values)
     for j in range(ds.sizes["config"]):
         sub = ds.isel(config=j)
         labels, counts = np.unique(sub["regime"].values.astype(str), return_counts=True)
         alphas = sub["alphas"].values
         text = ", ".join(f"{lab} {c}" for lab, c in zip(labels, counts))
         print(f"config {j} alphas={alphas[np.isfinite(alphas)].tolist()}: {text}; agreement with "
-              f"predict_regime {agree[j]:.3f} (excluding +-5% around 1/sum(alpha): {agree5[j]:.3f})")
+              f"predict_regime {agree[j]:.3f} (excluding +-5% around the convergence boundary "
+              f"{boundary[j]:.4g}: {agree5[j]:.3f})")
 
 
 def _cmd_plot_scan(args) -> int:

@@ -522,16 +522,18 @@ class _MemorySink:
 def agreement(ds, window: float = 0.0, by_config: bool = False):
     r"""Fraction of cells whose observed ``regime`` equals ``predicted_regime``.
 
-    Cells with :math:`|\tilde\eta\sum\alpha_i-1|\le` ``window`` (a relative window around the
-    total threshold :math:`1/\sum\alpha_i`, T12, where convergence is slow and a finite run cannot
-    decide) are left out. Invalid cells count as disagreements. Returns a float, or a DataArray
-    over ``config`` with ``by_config=True``.
+    Cells within the relative ``window`` of the convergence boundary, where convergence is slow
+    and a finite run cannot decide, are left out: :math:`|\tilde\eta/\tilde\eta_c-1|\le` ``window``
+    with :math:`\tilde\eta_c=1/\sum\alpha_i` under the total constraint (T12) and
+    :math:`1/(n\max\alpha_i)`, the first step of the staircase, under the individual one (§3).
+    Invalid cells count as disagreements. Returns a float, or a DataArray over ``config`` with
+    ``by_config=True``.
     """
     window = float(window)
     if not (0.0 <= window < 1.0):
         raise ValueError(f"window must be in [0, 1), got {window!r}")
     match = ds["regime"] == ds["predicted_regime"]
-    keep = abs(ds["elr"] / ds["total_threshold"] - 1.0) > window
+    keep = abs(ds["elr"] / convergence_boundary(ds) - 1.0) > window
     keep = keep.broadcast_like(match)
     num = (match & keep).sum(("elr", "seed"))
     den = keep.sum(("elr", "seed"))
@@ -541,6 +543,14 @@ def agreement(ds, window: float = 0.0, by_config: bool = False):
     if total == 0:
         raise ValueError(f"window={window} leaves no cell to compare")
     return float(num.sum()) / total
+
+
+def convergence_boundary(ds):
+    r"""Per configuration, the ELR where the theory's convergence stops: :math:`1/\sum\alpha_i`
+    (total constraint, T12) or :math:`1/(n\max\alpha_i)` (individual constraint, §3)."""
+    if ds.attrs.get("constraint", "total") == "individual":
+        return 1.0 / (ds["n_groups"] * ds["alphas"].max("group"))
+    return ds["total_threshold"]
 
 
 def open_scan(path, allow_incomplete: bool = False):
