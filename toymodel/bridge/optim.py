@@ -84,6 +84,18 @@ def _row_sq(params):
     return sum(p.reshape(p.shape[0], -1).square().sum(1) for p in params)
 
 
+def _official_sq(params):
+    """The official code's squared norm: ``sum((p ** 2).sum().item() for p in params)``, summed on
+    the host in parameter order (bit for bit what ``fix_si_pnorm`` computes before its sqrt)."""
+    return sum((p ** 2).sum().item() for p in params)
+
+
+def _official_row_fix(params, r):
+    """The official ``fix_si_pnorms``: every filter to radius ``r`` via ``torch.norm_except_dim``."""
+    for p in params:
+        p.mul_(r / torch.norm_except_dim(p, 2, 0))
+
+
 def _row_scale_(params, factor):
     for p in params:
         p.mul_(factor.view((-1,) + (1,) * (p.dim() - 1)))
@@ -104,10 +116,16 @@ class SphereSGD(torch.optim.Optimizer):
     momentum, weight_decay : 0 unless ``allow_nonstandard=True`` (semantics in the module docstring).
     track : compute per-step metrics into ``last_metrics`` (pre-step squared norms and squared
         gradient norms per group, and the angle moved, T6); off by default (cheaper step).
+    official_reductions : reproduce the official code bit for bit (``"total"`` and
+        ``"per-filter"``): norms as Python sums of ``(p ** 2).sum().item()`` in parameter order,
+        one host float as the rescale factor, ``p.add_`` / ``p.mul_`` tensor by tensor, and the
+        per-filter learning rate from the norms after the initial rescale. Slower (one host
+        synchronisation per tensor); the default fused reductions agree with it to ~1e-15.
     """
 
     def __init__(self, params, elr, constraint="total", radius=None, *, momentum=0.0,
-                 weight_decay=0.0, allow_nonstandard=False, track=False):
+                 weight_decay=0.0, allow_nonstandard=False, track=False,
+                 official_reductions=False):
         elr = _positive("elr", elr)
         if constraint not in CONSTRAINTS:
             raise ValueError(f"constraint must be one of {CONSTRAINTS}, got {constraint!r}")
@@ -131,6 +149,13 @@ class SphereSGD(torch.optim.Optimizer):
                         weight_decay=weight_decay, lr=0.0, si=True)
         super().__init__(groups, defaults)
         self.track = bool(track)
+        self.official_reductions = bool(official_reductions)
+        if self.official_reductions and (constraint == "individual" or track or momentum
+                                          or weight_decay):
+            raise ValueError("official_reductions reproduces the official code's two modes: "
+                             "constraint 'total' or 'per-filter', without track, momentum or "
+                             f"weight decay; got constraint={constraint!r}, track={track!r}, "
+                             f"momentum={momentum!r}, weight_decay={weight_decay!r}")
         self.last_metrics = {}
         si = self._si_groups()
         if not si:
@@ -148,6 +173,8 @@ class SphereSGD(torch.optim.Optimizer):
     def _setup(self, si, radius):
         sq = torch.stack([_group_sq(g["params"]) for g in si])
         total = float(sq.sum().sqrt())
+        if self.official_reductions:
+            total = math.sqrt(_official_sq([p for g in si for p in g["params"]]))
         if not (math.isfinite(total) and total > 0):
             raise ValueError(f"the SI parameters must have a positive finite norm, got {total!r}")
         rho = total if radius is None else _positive("radius", radius)
@@ -162,8 +189,13 @@ class SphereSGD(torch.optim.Optimizer):
                 rows.append(n_rows.pop())
             n_filters = sum(rows)
             r = rho / math.sqrt(n_filters)
+            if self.official_reductions:  # si_pnorm_0 = sqrt(sum |p|^2 / N), then fix_si_pnorms
+                r = math.sqrt(_official_sq([p for g in si for p in g["params"]]) / n_filters)
             for g in si:
-                _row_scale_(g["params"], r / _row_sq(g["params"]).sqrt())
+                if self.official_reductions:
+                    _official_row_fix(g["params"], r)
+                else:
+                    _row_scale_(g["params"], r / _row_sq(g["params"]).sqrt())
                 g["target"] = r
             self.n_filters = n_filters
         else:
@@ -173,9 +205,13 @@ class SphereSGD(torch.optim.Optimizer):
                     torch._foreach_mul_(g["params"], scale)
                 g["target"] = rho if constraint == "total" else math.sqrt(s) * scale
             self.n_filters = None
+        lr = si[0]["elr"] * rho ** 2
+        if self.official_reductions:
+            if constraint == "per-filter":  # official: lr = elr * (sum |p|^2 after the rescale)
+                lr = si[0]["elr"] * _official_sq([p for g in si for p in g["params"]])
         for g in si:
             g["rho"] = rho
-            g["lr"] = g["elr"] * rho ** 2
+            g["lr"] = lr
 
     # -- the step ----------------------------------------------------------------------------------
     @property
@@ -228,6 +264,9 @@ class SphereSGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         with torch.no_grad():
+            if self.official_reductions:
+                self._step_official()
+                return loss
             plan = None if self.track else self._fast_plan()
             if plan is not None:
                 ps, lr, rho = plan
@@ -240,6 +279,23 @@ class SphereSGD(torch.optim.Optimizer):
                     return loss
             self._step_general()
         return loss
+
+    def _step_official(self):
+        """The official code's step: ``SGD.step`` (tensor by tensor on CPU), then
+        ``fix_si_pnorm`` (total) or ``fix_si_pnorms`` (per-filter)."""
+        si = self._si_groups()
+        for g in self.param_groups:
+            if g["si"] or g["lr"]:
+                for p in g["params"]:
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-g["lr"])
+        ps = [p for g in si for p in g["params"]]
+        if si[0]["constraint"] == "total":
+            coef = si[0]["target"] / math.sqrt(_official_sq(ps))
+            for p in ps:
+                p.mul_(coef)
+        else:
+            _official_row_fix(ps, si[0]["target"])
 
     def _step_general(self):
         si = []
