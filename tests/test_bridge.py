@@ -427,3 +427,11 @@ def test_cifar_reader_uses_the_torchvision_layout_without_torchvision(tmp_path):
 def test_cuda_without_gpu_is_a_clear_error():
     with pytest.raises(ValueError, match="'cuda'"):
         train(elr=0.1, epochs=1, data="synthetic", device="cuda", progress_bar=False)
+
+
+def test_official_reductions_only_for_the_official_modes():
+    model = _convnet(width=2)
+    with pytest.raises(ValueError, match="official_reductions"):
+        SphereSGD(si_groups(model), ELR, constraint="individual", official_reductions=True)
+    with pytest.raises(ValueError, match="official_reductions"):
+        SphereSGD(si_groups(model), ELR, track=True, official_reductions=True)
