@@ -7,7 +7,6 @@ same seeds, so they give the same numbers up to the backend's rounding.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 
 from toymodel import backend as _backend
 from toymodel import dynamics, regimes
+from toymodel._deps import has
 from toymodel._progress import progress
 from toymodel._validate import positive_int
 from toymodel.problems import SphereToy, toy_group_losses
@@ -161,10 +161,9 @@ def shade_regimes(ax, x, codes, log=True, alpha=0.35, label=True):
 
 # -- batch runs -------------------------------------------------------------------------------------
 def _scan_available() -> bool:
-    try:
-        return importlib.util.find_spec("toymodel.scan") is not None
-    except ImportError:
-        return False
+    """The scan module always ships, but it builds an xarray Dataset: without xarray (a core-only
+    install) the figures compute through ``backend.summarize`` directly."""
+    return has("xarray")
 
 
 def run_summaries(alphas, elrs, seeds, *, steps, tail, constraint="total", lyapunov=False,
@@ -218,9 +217,8 @@ def _via_summarize(alphas, elrs, seeds, *, steps, tail, constraint, lyapunov, ba
                 out[name][lo:lo + e.size] = np.asarray(res[name]).reshape(e.size, S)
             status[lo:lo + e.size] = np.asarray(res["status"]).reshape(e.size, S)
             bar.update(e.size)
-    reason = np.vectorize(lambda c: dynamics.INVALID_REASONS.get(int(c), ""), otypes=[object])(status)
     out["regime"], _ = regimes.classify_summary(out["tail_loss"], problem.random_loss(),
-                                                invalid_reason=reason)
+                                                invalid_reason=dynamics.status_reasons(status))
     out["status"] = status
     return out
 

@@ -37,6 +37,17 @@ INVALID_REASONS = {
     # an overflowing rescale (|v| = inf) also lands here: rho/|v| = 0 zeroes the state
     STATUS_ZERO_NORM: "a group's norm collapsed to zero or the rescaling overflowed",
 }
+def status_reasons(status) -> np.ndarray:
+    """The invalid-cell reason of every status code (``""`` for valid cells), an object array."""
+    status = np.asarray(status)
+    out = np.full(status.shape, "", dtype=object)
+    for code, text in INVALID_REASONS.items():
+        out[status == code] = text
+    unknown = (status != STATUS_OK) & (out == "")
+    out[unknown] = "invalid (status code " + status[unknown].astype(str).astype(object) + ")"
+    return out
+
+
 #: names of the per-trajectory summaries, in the order kernels write them.
 SUMMARY_NAMES = ("tail_loss", "tail_loss_std", "final_loss", "min_share", "frac_above_threshold",
                  "tail_grad_norm", "tail_angle", "lyapunov")

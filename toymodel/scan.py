@@ -267,15 +267,6 @@ class ChunkTask:
     backend: str
 
 
-def _reason_text(status: np.ndarray) -> np.ndarray:
-    out = np.full(status.shape, "", dtype=object)
-    for code, text in dynamics.INVALID_REASONS.items():
-        out[status == code] = text
-    unknown = (status != 0) & (out == "")
-    out[unknown] = "invalid (status code " + status[unknown].astype(str).astype(object) + ")"
-    return out
-
-
 def compute_chunk(task: ChunkTask) -> dict:
     """Summaries of every cell of one chunk, arrays of shape ``(ce, cc, cs)``.
 
@@ -326,7 +317,7 @@ def compute_chunk(task: ChunkTask) -> dict:
             out[name][:, members, :] = vals.astype(out[name].dtype, copy=False)
     rand = np.array([p.random_loss() for p in task.configs])[None, :, None]
     labels, reasons = regimes.classify_summary(out["tail_loss"], rand,
-                                               invalid_reason=_reason_text(out["status"]))
+                                               invalid_reason=dynamics.status_reasons(out["status"]))
     out["regime"] = labels.astype(f"<U{REGIME_WIDTH}")
     out["regime_reason"] = np.array([r[:REASON_WIDTH] for r in reasons.ravel()],
                                     dtype=f"<U{REASON_WIDTH}").reshape(reasons.shape)
