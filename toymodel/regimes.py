@@ -73,6 +73,14 @@ def classify(trajectory, problem=None, *, tail=None, random_level=None, conv_rto
     given, else ``problem.random_loss()``, else the first recorded loss (a network's loss at
     initialisation). ``tail`` defaults to the last 10% of the records.
     """
+    loss, tail, random_level = _tail_and_level(trajectory, problem, tail, random_level)
+    label, _ = classify_summary(loss[-tail:].mean(), random_level, conv_rtol=conv_rtol,
+                                div_frac=div_frac)
+    return str(label)
+
+
+def _tail_and_level(trajectory, problem, tail, random_level):
+    """The validated loss trace, tail length and random level that :func:`classify` judges by."""
     loss = np.asarray(trajectory["loss"] if isinstance(trajectory, dict) or hasattr(trajectory, "data_vars")
                       else trajectory.loss, dtype=np.float64)
     if loss.ndim != 1 or loss.size == 0:
@@ -85,17 +93,15 @@ def classify(trajectory, problem=None, *, tail=None, random_level=None, conv_rto
         random_level = problem.random_loss() if problem is not None else float(loss[0])
     if not (np.isfinite(random_level) and random_level > 0):
         raise ValueError(f"random_level must be a positive finite number, got {random_level!r}")
-    label, _ = classify_summary(loss[-tail:].mean(), random_level, conv_rtol=conv_rtol,
-                                div_frac=div_frac)
-    return str(label)
+    return loss, tail, random_level
 
 
-def explain(trajectory, problem=None, **kw) -> dict:
+def explain(trajectory, problem=None, *, tail=None, random_level=None, conv_rtol=CONV_RTOL,
+            div_frac=DIV_FRAC) -> dict:
     """The label plus the observables behind it (tail loss / random level, effective gradient, angle)."""
-    loss = np.asarray(trajectory.loss)
-    tail = kw.get("tail") or max(1, loss.size // 10)
-    rand = kw.get("random_level") or (problem.random_loss() if problem is not None else float(loss[0]))
-    out = {"regime": classify(trajectory, problem, **kw),
+    loss, tail, rand = _tail_and_level(trajectory, problem, tail, random_level)
+    label, _ = classify_summary(loss[-tail:].mean(), rand, conv_rtol=conv_rtol, div_frac=div_frac)
+    out = {"regime": str(label),
            "tail_loss": float(loss[-tail:].mean()), "random_level": float(rand),
            "loss_ratio": float(loss[-tail:].mean() / rand)}
     for name in ("grad_norm", "angle"):
