@@ -26,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from .._progress import progress
+from .._validate import positive_finite
 from ..regimes import classify_summary
 from .data import load_data
 from .groups import si_groups
@@ -263,21 +264,11 @@ def prepare(model="convnet-si", data="digits", *, width=8, seed=0, device="cpu",
     return net, images, attrs
 
 
-def _positive_float(name, value):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = float("nan")
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return v
-
-
 def train(*, elr, epochs, model="convnet-si", data="digits", width=8, batch_size=128, seed=0,
           constraint="total", device="cpu", dtype="float32", record_every=1, eval_every=1,
           tail=None, data_root=None, input_size=None, progress_bar=True):
     """One fixed-ELR run from names (``toymodel train``); returns the metrics Dataset."""
-    elr = _positive_float("elr", elr)
+    elr = positive_finite("elr", elr)
     net, images, attrs = prepare(model, data, width=width, seed=seed, device=device, dtype=dtype,
                                  data_root=data_root, input_size=input_size)
     return run(net, images, elr=elr, epochs=epochs, batch_size=batch_size, constraint=constraint,
