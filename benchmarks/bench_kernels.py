@@ -110,7 +110,7 @@ def _timed(fn, repeat=1):
 
 def naive_rate(problem, constraint, steps, tail, kind):
     """Element-steps/s of the uncompiled trajectory code (pure Python), 1 trajectory, few steps."""
-    from kernels import _trajectory as tr
+    from toymodel.kernels import _trajectory as tr
 
     T = tr.build(lambda f: f)
     th0, elr = _inputs(problem, constraint, 1)

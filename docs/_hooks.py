@@ -21,7 +21,6 @@ import importlib
 import importlib.util
 import os
 import re
-import sys
 from pathlib import Path
 
 _API = re.compile(r"<!--\s*api:\s*(.*?)-->", re.S)
@@ -90,11 +89,7 @@ def api_blocks(modules) -> str:
 
 
 def _figures_package():
-    try:
-        return importlib.import_module("figures")
-    except ModuleNotFoundError:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        return importlib.import_module("figures")
+    return importlib.import_module("toymodel.figures")
 
 
 def gallery(docs_dir) -> str:
@@ -106,7 +101,7 @@ def gallery(docs_dir) -> str:
         caption, title = "", name.split("_", 1)[1].replace("_", " ")
         if name in pkg.FIGURES:
             try:
-                mod = importlib.import_module(f"figures.{name}")
+                mod = importlib.import_module(f"toymodel.figures.{name}")
                 caption, title = getattr(mod, "CAPTION", ""), getattr(mod, "TITLE", title)
             except ImportError as err:  # a figure whose optional dependency is missing here
                 caption = f"(caption unavailable: {err})"

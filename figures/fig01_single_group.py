@@ -17,7 +17,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from figures import _common as C  # noqa: E402
+from toymodel.figures import _common as C  # noqa: E402
 from toymodel import dynamics, theory  # noqa: E402
 from toymodel.problems import SphereToy  # noqa: E402
 

@@ -16,7 +16,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from figures import _common as C  # noqa: E402
+from toymodel.figures import _common as C  # noqa: E402
 
 NAME = "fig07_real_network"
 TITLE = "A real SI network: ConvNetSI on digits over an ELR grid"

@@ -95,7 +95,7 @@ def test_cli_reference_lists_every_subcommand(site):
 
 
 def test_gallery_shows_every_figure_png(site):
-    import figures
+    import toymodel.figures as figures
 
     html = (site / "gallery" / "index.html").read_text()
     pngs = sorted((DOCS / "img").glob("fig[0-9][0-9]_*.png"))

@@ -15,8 +15,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-import figures  # noqa: E402
-from figures import _common as C  # noqa: E402
+import toymodel.figures as figures  # noqa: E402
+from toymodel.figures import _common as C  # noqa: E402
 from toymodel import cli, theory  # noqa: E402
 from toymodel import _cli_figures as F  # noqa: E402
 

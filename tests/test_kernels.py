@@ -22,7 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")   # simulator 
 def _cuda_ok():
     if not has("numba_cuda"):
         return False
-    from kernels import numba_cuda
+    from toymodel.kernels import numba_cuda
 
     return numba_cuda.is_available()
 
@@ -30,7 +30,7 @@ def _cuda_ok():
 def _cupy_ok():
     if not has("cupy"):
         return False
-    from kernels import cupy_gpu
+    from toymodel.kernels import cupy_gpu
 
     return cupy_gpu.is_available()
 
@@ -60,13 +60,13 @@ def run_kernel(kind, problem, theta0, elr, *, steps, tail, constraint="total", a
     bad = np.full(B, -99, np.int64)
     xp = np
     if kind == "numba":
-        from kernels import numba_cpu as m
+        from toymodel.kernels import numba_cpu as m
         toy, ray = m.toy_kernel, m.rayleigh_kernel
     elif kind == "cuda":
-        from kernels import numba_cuda as m
+        from toymodel.kernels import numba_cuda as m
         toy, ray = m.toy, m.rayleigh
     else:
-        from kernels import cupy_gpu as m
+        from toymodel.kernels import cupy_gpu as m
         toy, ray = m.toy, m.rayleigh
         if kind == "cupy":
             import cupy as xp

@@ -18,18 +18,14 @@ _NEEDS = {"fig07": ("torch",)}
 
 
 def _figures_package():
-    """Import the ``figures`` package: installed, or next to this checkout's ``toymodel/``."""
+    """Import the figure scripts, installed as ``toymodel.figures`` (the repository's ``figures/``)."""
     try:
-        return importlib.import_module("figures")
+        return importlib.import_module("toymodel.figures")
     except ModuleNotFoundError as err:
-        if err.name != "figures":
+        if err.name != "toymodel.figures":
             raise
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "figures" / "__init__.py").is_file():
-        raise ImportError("the figure scripts (package 'figures') are not installed; run "
-                          "'toymodel figures' from a checkout of the repository")
-    sys.path.insert(0, str(root))
-    return importlib.import_module("figures")
+        raise ImportError("the figure scripts (toymodel.figures) are not installed; install the "
+                          "package from a checkout of the repository (pip install -e .)") from None
 
 
 def select(available, only):
@@ -57,7 +53,7 @@ def _cmd_figures(args) -> int:
     from ._progress import progress
 
     pkg = _figures_package()
-    common = importlib.import_module("figures._common")
+    common = importlib.import_module("toymodel.figures._common")
     names = select(pkg.FIGURES, args.only)
     if args.backend == "auto" and args.quick:
         # quick grids take seconds in NumPy, less than compiling the Numba kernels would
@@ -90,7 +86,7 @@ def _run(names, args, _backend, progress) -> int:
                 continue
             t0 = time.perf_counter()
             try:
-                mod = importlib.import_module(f"figures.{name}")
+                mod = importlib.import_module(f"toymodel.figures.{name}")
                 paths = mod.main(out, quick=args.quick)
             except Exception as err:  # one broken figure must not hide the others
                 failed.append(name)

@@ -60,7 +60,7 @@ def _check_available(name: str) -> None:
     except ImportError as err:
         raise BackendUnavailable(str(err)) from None
     if name == "cuda":
-        from kernels import numba_cuda
+        from toymodel.kernels import numba_cuda
 
         if not numba_cuda.is_available():
             raise BackendUnavailable(
@@ -68,7 +68,7 @@ def _check_available(name: str) -> None:
                 "is False); set NUMBA_ENABLE_CUDASIM=1 to run the kernel on the CPU simulator, or use "
                 f"backend='numba'. Install: {INSTALL_HINTS['numba_cuda']}")
     if name == "cupy":
-        from kernels import cupy_gpu
+        from toymodel.kernels import cupy_gpu
 
         if not cupy_gpu.is_available():
             raise BackendUnavailable(
@@ -189,11 +189,11 @@ def _run_kernel(name, problem, theta0, elr, steps, tail, constraint, alphas, twi
     bad_step = xp.full(B, -1, np.int64)
     use_twin = twin_dirs is not None
     if name == "numba":
-        from kernels import numba_cpu as mod
+        from toymodel.kernels import numba_cpu as mod
     elif name == "cuda":
-        from kernels import numba_cuda as mod
+        from toymodel.kernels import numba_cuda as mod
     else:
-        from kernels import cupy_gpu as mod
+        from toymodel.kernels import cupy_gpu as mod
     if isinstance(problem, RayleighToy):
         Bs = xp.asarray(problem.A - problem.lambda_min * np.eye(problem.dim), dtype=dt)
         mod_rayleigh = mod.rayleigh_kernel if name == "numba" else mod.rayleigh
