@@ -9,7 +9,7 @@ Why the step alone cannot reach it: ``SGD.step`` is one fused ``_foreach_add_``;
 needs the norm of the *updated* weights (one more read of all of them), then a rescale (one more
 read and write): 6 passes over the weights instead of 3 when memory-bound, and three extra tiny
 kernel launches when launch-bound (small nets). Skipping the re-measurement (closed-form norm,
-T4) is what THEORY.md §2 warns against.
+T4) is what docs/theory.md §2 warns against.
 
     .venv/bin/python benchmarks/bench_bridge.py [--quick] [--threads N]   (default 1 thread)
 """

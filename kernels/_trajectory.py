@@ -9,7 +9,7 @@ allocates: every buffer is passed in. The float operations follow
 ``toymodel.dynamics.summarize_batch`` (the specification) in the same order, so float64 results
 agree with it to rounding.
 
-Notation (THEORY.md T5, T7): :math:`\eta=\tilde\eta\rho^2` with :math:`\rho=\|\theta_0\|`; one
+Notation (docs/theory.md T5, T7): :math:`\eta=\tilde\eta\rho^2` with :math:`\rho=\|\theta_0\|`; one
 step is :math:`v=\theta-\eta\nabla F(\theta)` rescaled to total norm :math:`\rho` ("total") or to
 the initial group norms :math:`r_i=\|\theta_{0,i}\|` ("individual").
 

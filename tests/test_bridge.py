@@ -1,6 +1,6 @@
 """Torch bridge: SI detection, SphereSGD semantics (T5-T7), official-code parity, metrics, CLI.
 
-Oracles: plain loops written from THEORY.md §2 (torch.optim.SGD + rescale; the official
+Oracles: plain loops written from docs/theory.md §2 (torch.optim.SGD + rescale; the official
 ``fix_si_pnorm`` / ``fix_si_pnorms`` semantics), the closed form of T6, and a direct measurement
 of the angle between parameter vectors. Tiny widths, float64, CPU.
 """
@@ -126,7 +126,7 @@ def test_patterns_and_bad_levels():
 # -- SphereSGD semantics ---------------------------------------------------------------------------
 @pytest.mark.parametrize("official", [False, True])
 def test_matches_plain_sgd_then_rescale_loop_over_20_steps(official):
-    # fused reductions: to 1e-12; official_reductions: bit for bit (THEORY.md §2 semantics)
+    # fused reductions: to 1e-12; official_reductions: bit for bit (docs/theory.md §2 semantics)
     model = _convnet(width=2)
     ref = copy.deepcopy(model)
     x, y = _batch()

@@ -1,4 +1,4 @@
-"""The reference stepper: invariants (hypothesis), the oracle loop, and THEORY.md §4's numbers."""
+"""The reference stepper: invariants (hypothesis), the oracle loop, and docs/theory.md §4's numbers."""
 import numpy as np
 import pytest
 from hypothesis import given

@@ -68,7 +68,7 @@ def test_threshold_values_for_the_worked_example():
     assert theory.random_loss(a) == 3.5
     assert np.allclose(theory.group_thresholds(a), [1, 0.5, 0.25])
     assert np.allclose(theory.individual_constraint_thresholds(a), [1 / 3, 1 / 6, 1 / 12])
-    # THEORY.md §4: at c = 1.3 the tail loss is 0.8077
+    # docs/theory.md §4: at c = 1.3 the tail loss is 0.8077
     assert theory.equilibrium_loss(1.3 / 7, a) == pytest.approx(0.8077, abs=5e-5)
 
 

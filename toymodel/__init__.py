@@ -2,7 +2,7 @@
 
 Theory (``theory``), numerical solvers (``solvers``), the reference projected-GD simulator
 (``dynamics``), regime classification (``regimes``); optional: fast batch scans, the torch bridge.
-Notation and equation tags follow THEORY.md (see docs/theory.md).
+Notation and equation tags follow docs/theory.md.
 """
 from . import dynamics, problems, regimes, sphere, theory
 from .dynamics import Trajectory, initial_state, initial_states, simulate

@@ -67,7 +67,7 @@ def _cmd_demo(args) -> int:
     from .problems import SphereToy
     alphas = _alphas(args.alphas)
     problem = SphereToy(alphas)
-    print(f"Canonical toy F = sum_i alpha_i sin^2(phi_i), alphas = {alphas.tolist()}  (THEORY.md §4)")
+    print(f"Canonical toy F = sum_i alpha_i sin^2(phi_i), alphas = {alphas.tolist()}  (docs/theory.md §4)")
     print(f"  total threshold 1/sum(alpha) = {theory.total_threshold(alphas):.4g}   "
           f"divergence threshold 1/min(alpha) = {theory.divergence_threshold(alphas):.4g}   "
           f"random level sum(alpha)/2 = {theory.random_loss(alphas):.4g}")

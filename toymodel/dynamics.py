@@ -8,7 +8,7 @@ One step (T5, T7), with :math:`\eta=\tilde\eta\rho^2` and :math:`\rho=\|\theta_0
   every individual ELR is :math:`n\tilde\eta`).
 
 Norms are re-measured at every step: the closed form :math:`\|v\|^2=\rho^2+\eta^2\|\nabla F\|^2`
-(T4) drifts off the sphere and produced NaN within 200 steps at large ELR (THEORY.md §2).
+(T4) drifts off the sphere and produced NaN within 200 steps at large ELR (docs/theory.md §2).
 
 Metrics are recorded for the state a step starts from (index ``t`` describes
 :math:`\theta_t\to\theta_{t+1}`): ``loss`` :math:`F(\theta_t)`; ``shares`` (T7);

@@ -1,4 +1,4 @@
-r"""Scale-invariant toy problems (THEORY.md §4).
+r"""Scale-invariant toy problems (docs/theory.md §4).
 
 A problem maps a state ``theta`` of shape ``(..., n, d)`` (``n`` groups in :math:`\mathbb{R}^d`,
 any leading batch axes) to its loss, shape ``(...)``, and closed-form Euclidean gradient, shape

@@ -1,6 +1,6 @@
 r"""Geometry on the sphere.
 
-Notation (THEORY.md §1–3). A state is an array ``theta`` of shape ``(..., n, d)``: ``n`` scale-
+Notation (docs/theory.md §1–3). A state is an array ``theta`` of shape ``(..., n, d)``: ``n`` scale-
 invariant groups :math:`\theta_i\in\mathbb{R}^d`, any leading batch axes. The *total* norm is
 :math:`\|\theta\| = (\sum_i\|\theta_i\|^2)^{1/2}`; the *shares* are
 :math:`s_i = \|\theta_i\|^2/\|\theta\|^2` (T7). Every function here broadcasts over the leading

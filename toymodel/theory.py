@@ -1,4 +1,4 @@
-r"""Closed-form results of THEORY.md (T1–T12), one small pure function per quantity.
+r"""Closed-form results of docs/theory.md (T1–T12), one small pure function per quantity.
 
 Notation: ELR :math:`\tilde\eta=\eta/\rho^2` (T3), curvatures :math:`\alpha_i>0`,
 :math:`c=\tilde\eta\sum_i\alpha_i` (T12), shares :math:`s_i=\|\theta_i\|^2/\rho^2` (T7).

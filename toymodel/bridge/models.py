@@ -1,4 +1,4 @@
-r"""Reference scale-invariant networks of the paper (THEORY.md §5), for any small image size.
+r"""Reference scale-invariant networks of the paper (docs/bridge.md), for any small image size.
 
 * :class:`ConvNetSI`: four blocks ``conv3x3 (bias-free) -> BatchNorm (no affine) -> ReLU`` with widths
   ``c, 2c, 4c, 8c`` (max-pooling after blocks 2-4), a global max-pool and a linear head. Every conv

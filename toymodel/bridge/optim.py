@@ -18,7 +18,7 @@ One step (T5, T7) with the learning rate :math:`\eta=\tilde\eta\rho^2`:
   :math:`\eta/r^2=N\tilde\eta`: ``elr`` is the total ELR, not the per-filter one (the official
   code does not say so).
 
-Norms are re-measured at every step (THEORY.md §2, numerics) with ``torch._foreach_norm``; the
+Norms are re-measured at every step (docs/theory.md §2, numerics) with ``torch._foreach_norm``; the
 rescale factor stays a device tensor (no host synchronisation). Non-SI parameters go in groups
 with ``"si": False`` and their own ``"lr"`` (plain SGD; ``lr=0`` freezes them, as the official code
 does with ``--noninvlr 0``); the reference models freeze their head with ``requires_grad=False``.
