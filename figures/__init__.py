@@ -2,7 +2,7 @@
 
 Run them all with ``toymodel figures [--quick] [--out DIR]`` (or ``make figures``); each writes a
 PNG, a PDF and the data behind it (``.npz`` with its parameters) so a figure can be redrawn
-without recomputation. Shared helpers live in :mod:`figures._common`.
+without recomputation. Shared helpers live in `figures._common`.
 """
 import re as _re
 from pathlib import Path as _Path

@@ -1,8 +1,8 @@
 """Shared helpers of the figure scripts: style, output files, and the batch runs behind the data.
 
-Every figure computes through :func:`toymodel.backend.summarize` (``backend="auto"``: the fastest
-backend installed) or, for ELR scans, through :func:`toymodel.scan.scan` when that module exists
-(:func:`run_summaries`). Both paths start from :func:`toymodel.dynamics.initial_states` for the
+Every figure computes through `toymodel.backend.summarize` (``backend="auto"``: the fastest
+backend installed) or, for ELR scans, through `toymodel.scan.scan` when that module exists
+(`run_summaries`). Both paths start from `toymodel.dynamics.initial_states` for the
 same seeds, so they give the same numbers up to the backend's rounding.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ REGIME_TITLES = {"convergence": "convergence", "chaotic_equilibrium": "chaotic e
 REGIME_CODES = regimes.LABELS
 ENGINES = ("auto", "scan", "direct")
 #: backend every figure computes with (``toymodel figures --backend`` sets it); see
-#: :func:`toymodel.backend.resolve`.
+#: `toymodel.backend.resolve`.
 BACKEND = "auto"
 
 
@@ -46,7 +46,7 @@ def style():
 
 
 def new_figure(nrows=1, ncols=1, **kw):
-    """A pyplot-free :class:`matplotlib.figure.Figure` with subplots: safe under any backend."""
+    """A pyplot-free `matplotlib.figure.Figure` with subplots: safe under any backend."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=kw.pop("figsize", None))
@@ -55,7 +55,7 @@ def new_figure(nrows=1, ncols=1, **kw):
 
 
 def out_path(out_dir) -> Path:
-    """``out_dir`` as a :class:`Path`, created if missing."""
+    """``out_dir`` as a `Path`, created if missing."""
     path = Path(out_dir)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -98,7 +98,7 @@ def save_data(out_dir, name: str, params: dict, **arrays) -> Path:
 
 
 def load_data(path) -> tuple[dict, dict]:
-    """Read a file written by :func:`save_data`: ``(arrays, params)``."""
+    """Read a file written by `save_data`: ``(arrays, params)``."""
     with np.load(path, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files if k != "params"}
         params = json.loads(str(f["params"]))
@@ -123,7 +123,7 @@ def provenance(**params) -> dict:
 
 # -- regimes ----------------------------------------------------------------------------------------
 def regime_codes(labels) -> np.ndarray:
-    """Regime label strings -> int8 codes (index into :data:`REGIME_CODES`)."""
+    """Regime label strings -> int8 codes (index into `REGIME_CODES`)."""
     labels = np.asarray(labels).astype(str)
     codes = np.full(labels.shape, -1, np.int8)
     for i, name in enumerate(REGIME_CODES):
@@ -170,11 +170,11 @@ def run_summaries(alphas, elrs, seeds, *, steps, tail, constraint="total", lyapu
                   engine="auto", backend=None, progress_bar=False, desc="runs") -> dict:
     """Summaries of projected GD on ``SphereToy(alphas)`` for every ELR × seed, arrays ``(E, S)``.
 
-    ``engine="scan"`` calls :func:`toymodel.scan.scan`; ``"direct"`` calls
-    :func:`toymodel.backend.summarize` on the stacked initial states of
-    :func:`toymodel.dynamics.initial_states`; ``"auto"`` uses the scan when the module exists.
-    Returns :data:`toymodel.dynamics.SUMMARY_NAMES` plus
-    ``regime`` (label strings, from :func:`toymodel.regimes.classify_summary`) and ``engine``.
+    ``engine="scan"`` calls `toymodel.scan.scan`; ``"direct"`` calls
+    `toymodel.backend.summarize` on the stacked initial states of
+    `toymodel.dynamics.initial_states`; ``"auto"`` uses the scan when the module exists.
+    Returns `toymodel.dynamics.SUMMARY_NAMES` plus
+    ``regime`` (label strings, from `toymodel.regimes.classify_summary`) and ``engine``.
     """
     backend = BACKEND if backend is None else backend
     if engine not in ENGINES:
@@ -242,7 +242,7 @@ def _via_scan(alphas, elrs, seeds, *, steps, tail, constraint, lyapunov, backend
 def orbit(problem, theta0, elr, *, steps, keep, constraint="total", backend=None):
     """The last ``keep`` states of ``steps`` projected-GD steps, shape ``(keep, B, n, d)``.
 
-    Runs :func:`toymodel.backend.summarize` for ``steps - keep`` steps, then one step at a time
+    Runs `toymodel.backend.summarize` for ``steps - keep`` steps, then one step at a time
     (a restart from a state on the constraint set reproduces the run: same radii, same ``lr``).
     """
     steps = positive_int("steps", steps)
@@ -260,11 +260,11 @@ def orbit(problem, theta0, elr, *, steps, keep, constraint="total", backend=None
 
 
 def group_losses(states, alphas) -> np.ndarray:
-    r"""Per-group toy losses :math:`\alpha_i\sin^2\varphi_i` of states ``(..., n, d)``."""
+    r"""Per-group toy losses $\alpha_i\sin^2\varphi_i$ of states ``(..., n, d)``."""
     return toy_group_losses(np.asarray(states), np.asarray(alphas, dtype=float))
 
 
 def phi_degrees(states) -> np.ndarray:
-    r"""Signed angle :math:`\varphi\in(-90°, 90°]` of each 2-D group to the minimiser axis :math:`\pm e_1`."""
+    r"""Signed angle $\varphi\in(-90°, 90°]$ of each 2-D group to the minimiser axis $\pm e_1$."""
     states = np.asarray(states)
     return np.degrees(np.arctan(states[..., 1] / states[..., 0]))

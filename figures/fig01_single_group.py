@@ -1,11 +1,11 @@
 r"""Figure 1 — one SI group: the angle map and its bifurcation diagram (T11).
 
-For one group of the toy, :math:`F=\alpha\sin^2\varphi`, projected GD with ELR :math:`\tilde\eta` moves
-the angle by :math:`\varphi'=\varphi-\arctan(\tilde\eta\alpha\sin2\varphi)` (T11). Left: that map for
-a few values of :math:`k=\tilde\eta\alpha`; its intersections with :math:`\varphi'=-\varphi` are the
+For one group of the toy, $F=\alpha\sin^2\varphi$, projected GD with ELR $\tilde\eta$ moves
+the angle by $\varphi'=\varphi-\arctan(\tilde\eta\alpha\sin2\varphi)$ (T11). Left: that map for
+a few values of $k=\tilde\eta\alpha$; its intersections with $\varphi'=-\varphi$ are the
 2-cycle. Right: the asymptotic angles of the simulated dynamics (the stepper of
-:mod:`toymodel.dynamics`, several initial angles per ELR) against :math:`k`, with the analytic
-branch :math:`\pm\tfrac12\arccos(1/k)` of :func:`toymodel.theory.two_cycle_angle` on top.
+`toymodel.dynamics`, several initial angles per ELR) against $k$, with the analytic
+branch $\pm\tfrac12\arccos(1/k)$ of `toymodel.theory.two_cycle_angle` on top.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ CAPTION = ("One SI group (T11). Left: the angle map φ' = φ − arctan(η̃α·
 
 
 def compute(quick=False):
-    """Asymptotic angles of the simulated single-group dynamics over a log grid of :math:`k=\\tilde\\eta\\alpha`."""
+    """Asymptotic angles of the simulated single-group dynamics over a log grid of $k=\\tilde\\eta\\alpha$."""
     alpha = 1.0
     n_k, seeds, steps, keep = (120, 4, 1500, 8) if quick else (500, 8, 6000, 16)
     k = np.logspace(np.log10(0.2), np.log10(30.0), n_k)

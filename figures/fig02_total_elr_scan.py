@@ -1,12 +1,12 @@
-r"""Figure 2 — the three regimes in a total-ELR scan of the toy with :math:`\alpha=(1,2,4)` (T10, T12).
+r"""Figure 2 — the three regimes in a total-ELR scan of the toy with $\alpha=(1,2,4)$ (T10, T12).
 
-Tail loss of projected GD against the total ELR :math:`\tilde\eta`, several seeds per ELR, with the
-theory on top: the synchronized equilibrium :math:`L^*=(\sum\alpha-1/\tilde\eta)/2`
-(:func:`toymodel.theory.equilibrium_loss`), the random level :math:`\sum\alpha/2`, the convergence
-threshold :math:`1/\sum\alpha` and the every-group-above-threshold line :math:`1/\min\alpha`.
-The background is shaded by the regime the classifier (:func:`toymodel.regimes.classify_summary`)
+Tail loss of projected GD against the total ELR $\tilde\eta$, several seeds per ELR, with the
+theory on top: the synchronized equilibrium $L^*=(\sum\alpha-1/\tilde\eta)/2$
+(`toymodel.theory.equilibrium_loss`), the random level $\sum\alpha/2$, the convergence
+threshold $1/\sum\alpha$ and the every-group-above-threshold line $1/\min\alpha$.
+The background is shaded by the regime the classifier (`toymodel.regimes.classify_summary`)
 observed at each ELR (majority over seeds); the theory's thresholds are the vertical lines.
-The lower panel shows the angle moved per step with the equilibrium's :math:`\arctan\sqrt{c^2-1}`.
+The lower panel shows the angle moved per step with the equilibrium's $\arctan\sqrt{c^2-1}$.
 """
 from __future__ import annotations
 

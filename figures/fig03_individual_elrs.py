@@ -1,14 +1,14 @@
-r"""Figure 3 — individual ELRs :math:`\tilde\eta_i\alpha_i` over time in each regime (T7–T10, T12).
+r"""Figure 3 — individual ELRs $\tilde\eta_i\alpha_i$ over time in each regime (T7–T10, T12).
 
-Under the total constraint each group moves with its own ELR :math:`\tilde\eta_i=\tilde\eta/s_i` (T7),
-and the shares :math:`s_i` evolve (T9) under the budget :math:`\sum 1/\tilde\eta_i=1/\tilde\eta` (T8).
-Group ``i`` is below its convergence threshold when :math:`\tilde\eta_i\alpha_i<1`. One run of
-:func:`toymodel.simulate` per regime, toy :math:`\alpha=(1,2,4)`:
+Under the total constraint each group moves with its own ELR $\tilde\eta_i=\tilde\eta/s_i$ (T7),
+and the shares $s_i$ evolve (T9) under the budget $\sum 1/\tilde\eta_i=1/\tilde\eta$ (T8).
+Group ``i`` is below its convergence threshold when $\tilde\eta_i\alpha_i<1$. One run of
+`toymodel.simulate` per regime, toy $\alpha=(1,2,4)$:
 
-* :math:`c=\tilde\eta\sum\alpha=0.9`: the shares settle with every group below 1: convergence;
-* :math:`c=1.3`: by T8 :math:`\max_i\tilde\eta_i\alpha_i\ge c>1` at every step (Remark 2, T10); the
-  groups synchronise around :math:`\tilde\eta_i\alpha_i=c` (T12): chaotic equilibrium;
-* :math:`\tilde\eta=3>1/\min\alpha`: every group is above threshold at every step: divergence.
+* $c=\tilde\eta\sum\alpha=0.9$: the shares settle with every group below 1: convergence;
+* $c=1.3$: by T8 $\max_i\tilde\eta_i\alpha_i\ge c>1$ at every step (Remark 2, T10); the
+  groups synchronise around $\tilde\eta_i\alpha_i=c$ (T12): chaotic equilibrium;
+* $\tilde\eta=3>1/\min\alpha$: every group is above threshold at every step: divergence.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def cases(alphas):
 
 
 def compute(quick=False):
-    """Simulate one run per regime and keep the traces of :math:`\\tilde\\eta_i\\alpha_i` and the loss."""
+    """Simulate one run per regime and keep the traces of $\\tilde\\eta_i\\alpha_i$ and the loss."""
     steps, seed = (1500, 0) if quick else (10000, 0)
     problem = SphereToy(ALPHAS)
     a = problem.alphas

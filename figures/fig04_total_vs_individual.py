@@ -1,15 +1,15 @@
 r"""Figure 4 — total vs individual constraint: one collective boundary vs a staircase (§3, T10, T12).
 
-Toy :math:`\alpha=(1,2,4)`, per-group tail losses :math:`\overline{\alpha_i\sin^2\varphi_i}` divided by
-each group's random level :math:`\alpha_i/2`, against the total ELR.
+Toy $\alpha=(1,2,4)$, per-group tail losses $\overline{\alpha_i\sin^2\varphi_i}$ divided by
+each group's random level $\alpha_i/2$, against the total ELR.
 
 * Total constraint (one sphere): the shares adapt, so all groups leave zero loss together at
-  :math:`1/\sum\alpha` (T10, T12); above it each group sits near :math:`1-1/c` (the synchronized
-  equilibrium: every group on the cycle :math:`\cos2\varphi_i=1/c`).
+  $1/\sum\alpha$ (T10, T12); above it each group sits near $1-1/c$ (the synchronized
+  equilibrium: every group on the cycle $\cos2\varphi_i=1/c$).
 * Individual constraint (each group on its own sphere, equal shares): every individual ELR is
-  :math:`n\tilde\eta`, the groups decouple and group ``i`` stops converging at
-  :math:`1/(n\alpha_i)` (:func:`toymodel.theory.individual_constraint_thresholds`): a staircase,
-  each step on its own 2-cycle with loss fraction :math:`1-1/(n\tilde\eta\alpha_i)` (T11).
+  $n\tilde\eta$, the groups decouple and group ``i`` stops converging at
+  $1/(n\alpha_i)$ (`toymodel.theory.individual_constraint_thresholds`): a staircase,
+  each step on its own 2-cycle with loss fraction $1-1/(n\tilde\eta\alpha_i)$ (T11).
 """
 from __future__ import annotations
 

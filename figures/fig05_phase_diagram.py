@@ -1,9 +1,9 @@
 r"""Figure 5 — phase diagram over ELR × number of groups (T10, T12).
 
-Toys with :math:`n` groups of curvatures :math:`\alpha_i=i` (:math:`i=1..n`), total constraint. Left:
-tail loss divided by the random level :math:`\sum\alpha/2` (median over seeds). Right: the regime
-the classifier observed (majority over seeds). The convergence boundary :math:`1/\sum\alpha=2/(n(n+1))`
-(T10, T12) and the line :math:`1/\min\alpha=1` are drawn on top: the chaotic-equilibrium band
+Toys with $n$ groups of curvatures $\alpha_i=i$ ($i=1..n$), total constraint. Left:
+tail loss divided by the random level $\sum\alpha/2$ (median over seeds). Right: the regime
+the classifier observed (majority over seeds). The convergence boundary $1/\sum\alpha=2/(n(n+1))$
+(T10, T12) and the line $1/\min\alpha=1$ are drawn on top: the chaotic-equilibrium band
 widens as groups are added, because the budget (T8) lets one group's large share feed the others.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ CAPTION = ("Phase diagram of the toy with n groups of curvatures αᵢ = i, tota
 
 
 def alphas_for(n):
-    """Curvatures of the ``n``-group configuration: :math:`\\alpha_i=i`."""
+    """Curvatures of the ``n``-group configuration: $\\alpha_i=i$."""
     return tuple(float(i) for i in range(1, n + 1))
 
 

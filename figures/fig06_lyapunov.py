@@ -1,14 +1,14 @@
-r"""Figure 6 — the largest Lyapunov exponent against :math:`c=\tilde\eta\sum\alpha` (T12).
+r"""Figure 6 — the largest Lyapunov exponent against $c=\tilde\eta\sum\alpha$ (T12).
 
-Toy :math:`\alpha=(1,2,4)`, total constraint. Each run carries a twin started :math:`\epsilon\rho` away
-(direction from :func:`toymodel.dynamics.initial_states` with ``twin=True``), pulled back after every
+Toy $\alpha=(1,2,4)$, total constraint. Each run carries a twin started $\epsilon\rho$ away
+(direction from `toymodel.dynamics.initial_states` with ``twin=True``), pulled back after every
 step; the tail mean of the log stretch is the largest Lyapunov exponent per step (the ``lyapunov``
-summary of :func:`toymodel.dynamics.summarize_batch`). Below :math:`c=1` the runs converge onto the
-manifold of minima (every share is a minimum) and the exponent is 0. Just above :math:`c=1` the
+summary of `toymodel.dynamics.summarize_batch`). Below $c=1$ the runs converge onto the
+manifold of minima (every share is a minimum) and the exponent is 0. Just above $c=1$ the
 synchronized equilibrium's 2-step Jacobian is neutral (eigenvalues on the unit circle, T12): the
-motion is quasi-periodic, exponent :math:`\approx0`. The exponent turns positive near
-:math:`c\approx1.75` and is :math:`\approx0.3`–:math:`0.4` per step from :math:`c\approx2` on: chaos,
-with narrow periodic windows (one near :math:`c\approx2.1`–:math:`2.2` in the full-mode grid, where
+motion is quasi-periodic, exponent $\approx0$. The exponent turns positive near
+$c\approx1.75$ and is $\approx0.3$–$0.4$ per step from $c\approx2$ on: chaos,
+with narrow periodic windows (one near $c\approx2.1$–$2.2$ in the full-mode grid, where
 every seed has exponent 0).
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ CAPTION = ("Largest Lyapunov exponent per step against c = η̃Σα, toy α = (1
 
 
 def compute(quick=False, engine="auto"):
-    """Lyapunov exponents over a log grid of :math:`c` (scan with ``lyapunov=True`` or ``backend.summarize``)."""
+    """Lyapunov exponents over a log grid of $c$ (scan with ``lyapunov=True`` or ``backend.summarize``)."""
     n_c, seeds, steps, tail = (40, 2, 3000, 1500) if quick else (160, 6, 20000, 8000)
     c = np.logspace(np.log10(0.5), np.log10(20.0), n_c)
     s = float(np.sum(ALPHAS))

@@ -1,10 +1,10 @@
 r"""Figure 7 — the three regimes in a real SI network (the paper's Figure 1, torch bridge).
 
-ConvNetSI trained with :class:`toymodel.bridge.SphereSGD` at fixed total ELR (T5) on scikit-learn's
+ConvNetSI trained with `toymodel.bridge.SphereSGD` at fixed total ELR (T5) on scikit-learn's
 digits, one run per ELR from the same initial network (``toymodel train-scan``). Panels: train
-loss, test error, mean effective gradient norm :math:`\rho\,\mathrm{mean}_b\|\nabla L_b\|` (T2)
+loss, test error, mean effective gradient norm $\rho\,\mathrm{mean}_b\|\nabla L_b\|$ (T2)
 per epoch, and the effective gradient against the loss (one point per epoch). Line colour encodes
-the ELR; the legend gives each run's regime from :func:`toymodel.regimes.classify_summary`.
+the ELR; the legend gives each run's regime from `toymodel.regimes.classify_summary`.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 r"""One trajectory of projected GD with fixed ELR, written once for every compiled target.
 
 The functions below are plain Python over a state *view* ``th`` of shape ``(n, d)`` (``n`` SI
-groups in :math:`\mathbb{R}^d`). :func:`build` compiles them with a given decorator: ``numba.njit``
+groups in $\mathbb{R}^d$). `build` compiles them with a given decorator: ``numba.njit``
 for the CPU kernel (views ``theta[b]``, contiguous) and ``numba.cuda.jit(device=True)`` for the
 CUDA kernel (views ``theta[:, :, b]`` of a ``(n, d, B)`` array, so neighbouring threads touch
 neighbouring addresses). Nothing here imports numba, numpy or toymodel, draws random numbers or
@@ -9,13 +9,13 @@ allocates: every buffer is passed in. The float operations follow
 ``toymodel.dynamics.summarize_batch`` (the specification) in the same order, so float64 results
 agree with it to rounding.
 
-Notation (docs/theory.md T5, T7): :math:`\eta=\tilde\eta\rho^2` with :math:`\rho=\|\theta_0\|`; one
-step is :math:`v=\theta-\eta\nabla F(\theta)` rescaled to total norm :math:`\rho` ("total") or to
-the initial group norms :math:`r_i=\|\theta_{0,i}\|` ("individual").
+Notation (docs/theory.md T5, T7): $\eta=\tilde\eta\rho^2$ with $\rho=\|\theta_0\|$; one
+step is $v=\theta-\eta\nabla F(\theta)$ rescaled to total norm $\rho$ ("total") or to
+the initial group norms $r_i=\|\theta_{0,i}\|$ ("individual").
 
 Accumulators ``acc`` (7 float64 per trajectory) over the tail window: 0 Welford mean of the loss,
-1 Welford M2, 2 min share, 3 count of (step, group) with :math:`\eta\alpha_i>\|\theta_i\|^2` (T10),
-4 sum of the effective gradient norm :math:`\|\theta\|\|\nabla F\|` (T2), 5 sum of the angle (T6),
+1 Welford M2, 2 min share, 3 count of (step, group) with $\eta\alpha_i>\|\theta_i\|^2$ (T10),
+4 sum of the effective gradient norm $\|\theta\|\|\nabla F\|$ (T2), 5 sum of the angle (T6),
 6 sum of the Lyapunov log-stretch.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ STATUS_OK, STATUS_NONFINITE, STATUS_ZERO_NORM = 0, 1, 2
 
 
 def _rescale(v, individual, rho, radii):
-    r"""In place: total :math:`v\leftarrow\rho v/\|v\|`; individual :math:`v_i\leftarrow r_i v_i/\|v_i\|` (T5, §3)."""
+    r"""In place: total $v\leftarrow\rho v/\|v\|$; individual $v_i\leftarrow r_i v_i/\|v_i\|$ (T5, §3)."""
     n, d = v.shape
     if individual:
         for i in range(n):
@@ -55,12 +55,12 @@ def _rescale(v, individual, rho, radii):
 
 
 def _toy_advance(th, al, lr, individual, rho, radii, new):
-    r"""``new`` :math:`\leftarrow P(\theta-\eta\nabla F(\theta))` for the canonical toy; returns
-    :math:`(F(\theta), \|\nabla F(\theta)\|^2)`.
+    r"""``new`` $\leftarrow P(\theta-\eta\nabla F(\theta))$ for the canonical toy; returns
+    $(F(\theta), \|\nabla F(\theta)\|^2)$.
 
-    Per group, :math:`x=\theta_{i,1}`, :math:`p^2=\sum_{k\ge2}\theta_{i,k}^2`, :math:`r^2=p^2+x^2`:
-    :math:`F_i=\alpha_i p^2/r^2`, :math:`\partial_1=-2\alpha_i x p^2/r^4`,
-    :math:`\partial_k=2\alpha_i x^2\theta_{i,k}/r^4` (toymodel.problems.SphereToy).
+    Per group, $x=\theta_{i,1}$, $p^2=\sum_{k\ge2}\theta_{i,k}^2$, $r^2=p^2+x^2$:
+    $F_i=\alpha_i p^2/r^2$, $\partial_1=-2\alpha_i x p^2/r^4$,
+    $\partial_k=2\alpha_i x^2\theta_{i,k}/r^4$ (toymodel.problems.SphereToy).
     """
     n, d = th.shape
     loss = 0.0
@@ -87,8 +87,8 @@ def _toy_advance(th, al, lr, individual, rho, radii, new):
 
 
 def _toy_perp(th, pp):
-    r"""``pp`` :math:`\leftarrow p_i^2=\sum_{k\ge2}\theta_{i,k}^2` per group (the carried state of
-    :func:`_toy_step`)."""
+    r"""``pp`` $\leftarrow p_i^2=\sum_{k\ge2}\theta_{i,k}^2$ per group (the carried state of
+    `_toy_step`)."""
     n, d = th.shape
     for i in range(n):
         s = th[i, 1] * th[i, 1]
@@ -98,26 +98,26 @@ def _toy_perp(th, pp):
 
 
 def _toy_step(cur, new, al, lr, individual, rho, radii, pp, sv, k_tail, acc):
-    r"""One fused step of the canonical toy, ``new`` :math:`\leftarrow P(\theta-\eta\nabla F(\theta))`
-    with :math:`\theta=` ``cur``; returns the status code of ``new`` (as :func:`_check`).
+    r"""One fused step of the canonical toy, ``new`` $\leftarrow P(\theta-\eta\nabla F(\theta))$
+    with $\theta=$ ``cur``; returns the status code of ``new`` (as `_check`).
 
-    Same arithmetic as :func:`_toy_advance` + :func:`_check` + :func:`_tail_update` (and so as
+    Same arithmetic as `_toy_advance` + `_check` + `_tail_update` (and so as
     the spec) up to the order of the sums, in two passes over the state instead of six:
 
-    1. gradient, update and the sums :math:`\|\nabla F\|^2`, :math:`\|v_i\|^2` in one pass, with
-       :math:`p_i^2` of ``cur`` carried in ``pp`` from the previous step (so
-       :math:`\|\theta_i\|^2=p_i^2+x_i^2` needs no pass either);
-    2. the rescale (T5), writing :math:`p_i^2` of ``new`` into ``pp``; the group sums of ``new``
+    1. gradient, update and the sums $\|\nabla F\|^2$, $\|v_i\|^2$ in one pass, with
+       $p_i^2$ of ``cur`` carried in ``pp`` from the previous step (so
+       $\|\theta_i\|^2=p_i^2+x_i^2$ needs no pass either);
+    2. the rescale (T5), writing $p_i^2$ of ``new`` into ``pp``; the group sums of ``new``
        give the status (a NaN or inf entry makes its group's sum non-finite, entries are bounded
        by the radius so squares do not overflow on their own). In tail steps (``k_tail`` > 0,
        1-based index within the tail) the same pass adds the chord
-       :math:`\|\hat\theta-\hat\theta'\|^2` of the angle (T6) with reciprocals
-       :math:`1/\|\theta\|`, :math:`1/\|\theta'\|` (:math:`\|\theta'\|^2=\sum_i f_i^2\|v_i\|^2`),
+       $\|\hat\theta-\hat\theta'\|^2$ of the angle (T6) with reciprocals
+       $1/\|\theta\|$, $1/\|\theta'\|$ ($\|\theta'\|^2=\sum_i f_i^2\|v_i\|^2$),
        and ``acc`` is updated only when the step is valid.
 
-    ``sv`` is ``n`` floats of scratch. Per group, :math:`x=\theta_{i,1}`, :math:`r^2=p^2+x^2`:
-    :math:`F_i=\alpha_i p^2/r^2`, :math:`\partial_1=-2\alpha_i x p^2/r^4`,
-    :math:`\partial_k=2\alpha_i x^2\theta_{i,k}/r^4` (toymodel.problems.SphereToy).
+    ``sv`` is ``n`` floats of scratch. Per group, $x=\theta_{i,1}$, $r^2=p^2+x^2$:
+    $F_i=\alpha_i p^2/r^2$, $\partial_1=-2\alpha_i x p^2/r^4$,
+    $\partial_k=2\alpha_i x^2\theta_{i,k}/r^4$ (toymodel.problems.SphereToy).
     """
     n, d = cur.shape
     loss = 0.0
@@ -201,7 +201,7 @@ def _toy_step(cur, new, al, lr, individual, rho, radii, pp, sv, k_tail, acc):
 
 
 def _toy_loss(th, al):
-    r""":math:`F(\theta)=\sum_i\alpha_i p_i^2/r_i^2` (the toy loss alone)."""
+    r"""$F(\theta)=\sum_i\alpha_i p_i^2/r_i^2$ (the toy loss alone)."""
     n, d = th.shape
     loss = 0.0
     for i in range(n):
@@ -214,13 +214,13 @@ def _toy_loss(th, al):
 
 
 def _rayleigh_advance(x, y, lr, rho, new):
-    r"""``new`` :math:`\leftarrow P(x-\eta\nabla F(x))` for the SI Rayleigh quotient given
-    :math:`y=(A-\lambda_1 I)x` (one group, views of shape ``(1, m)``); returns
-    :math:`(F(x), \|\nabla F(x)\|^2)`.
+    r"""``new`` $\leftarrow P(x-\eta\nabla F(x))$ for the SI Rayleigh quotient given
+    $y=(A-\lambda_1 I)x$ (one group, views of shape ``(1, m)``); returns
+    $(F(x), \|\nabla F(x)\|^2)$.
 
-    :math:`F=x^\top y/\|x\|^2` and :math:`\nabla F=2(y-Fx)/\|x\|^2`, the gradient of
+    $F=x^\top y/\|x\|^2$ and $\nabla F=2(y-Fx)/\|x\|^2$, the gradient of
     toymodel.problems.RayleighToy written with the shifted matrix: identical in exact arithmetic,
-    and free of the cancellation in :math:`Ax-(x^\top Ax/\|x\|^2)x` near the minimiser.
+    and free of the cancellation in $Ax-(x^\top Ax/\|x\|^2)x$ near the minimiser.
     """
     m = x.shape[1]
     sq = x[0, 0] * x[0, 0]
@@ -244,7 +244,7 @@ def _rayleigh_advance(x, y, lr, rho, new):
 
 
 def _matvec(Bs, x, y):
-    r""":math:`y\leftarrow (A-\lambda_1I)x` for one trajectory (``x``, ``y`` views ``(1, m)``)."""
+    r"""$y\leftarrow (A-\lambda_1I)x$ for one trajectory (``x``, ``y`` views ``(1, m)``)."""
     m = x.shape[1]
     for k in range(m):
         s = 0.0
@@ -272,7 +272,7 @@ def _check(new):
 
 
 def _init_targets(th, radii):
-    r"""Write the group radii :math:`r_i=\|\theta_{0,i}\|` into ``radii``; return :math:`\rho=\|\theta_0\|`."""
+    r"""Write the group radii $r_i=\|\theta_{0,i}\|$ into ``radii``; return $\rho=\|\theta_0\|$."""
     n, d = th.shape
     tot = 0.0
     for i in range(n):
@@ -293,7 +293,7 @@ def _init_acc(acc):
 def _fold_tail(acc, k, loss, share, above, eff_grad, chord2):
     r"""Fold tail step ``k`` (1-based) into ``acc``: Welford mean/M2 of the loss, min share (T7),
     threshold count (T10), effective gradient norm (T2) and the angle
-    :math:`2\arcsin(\text{chord}/2)` between the state and the next one (T6)."""
+    $2\arcsin(\text{chord}/2)$ between the state and the next one (T6)."""
     delta = loss - acc[0]
     acc[0] = acc[0] + delta / k
     acc[1] = acc[1] + delta * (loss - acc[0])
@@ -306,8 +306,8 @@ def _fold_tail(acc, k, loss, share, above, eff_grad, chord2):
 
 def _tail_update(acc, k, th, new, loss, gsq, lr, al):
     r"""Fold step ``k`` (1-based within the tail) into ``acc``: Welford mean/M2 of the loss, min share
-    (T7), threshold count :math:`\eta\alpha_i>\|\theta_i\|^2` (T10), effective gradient norm (T2),
-    angle :math:`2\arcsin(\|\hat\theta-\hat\theta'\|/2)` between :math:`\theta` and the new state (T6)."""
+    (T7), threshold count $\eta\alpha_i>\|\theta_i\|^2$ (T10), effective gradient norm (T2),
+    angle $2\arcsin(\|\hat\theta-\hat\theta'\|/2)$ between $\theta$ and the new state (T6)."""
     n, d = th.shape
     tot = 0.0
     smin = math.inf
@@ -336,9 +336,9 @@ def _tail_update(acc, k, th, new, loss, gsq, lr, al):
 
 
 def _twin_pull(new, twn, tw, w, individual, rho, radii, eps, tiny):
-    r"""Lyapunov twin bookkeeping (spec: summarize_batch): :math:`\delta=` twin' − new,
-    returns :math:`\log(\max(\|\delta\|,\text{tiny})/(\epsilon\rho))` and writes the pulled-back twin
-    :math:`P(\text{new}+\epsilon\rho\,\delta/\|\delta\|)` into ``tw`` (along ``w`` if the twins merged).
+    r"""Lyapunov twin bookkeeping (spec: summarize_batch): $\delta=$ twin' − new,
+    returns $\log(\max(\|\delta\|,\text{tiny})/(\epsilon\rho))$ and writes the pulled-back twin
+    $P(\text{new}+\epsilon\rho\,\delta/\|\delta\|)$ into ``tw`` (along ``w`` if the twins merged).
     A NaN distance propagates into the log (as np.maximum does) and re-seeds the twin along ``w``."""
     n, d = new.shape
     dist2 = 0.0
@@ -365,7 +365,7 @@ def _twin_pull(new, twn, tw, w, individual, rho, radii, eps, tiny):
 
 
 def _twin_init(th, tw, w, individual, rho, radii, eps):
-    r"""The twin's start :math:`P(\theta_0+\epsilon\rho w)`."""
+    r"""The twin's start $P(\theta_0+\epsilon\rho w)$."""
     n, d = th.shape
     er = eps * rho
     for i in range(n):
@@ -404,7 +404,7 @@ def build(jit):
 
     Returns a namespace with ``toy_run`` (a whole toy trajectory), ``rayleigh_run`` (a whole
     Rayleigh trajectory with an in-thread mat-vec, for GPUs) and ``rayleigh_substep`` (one step of
-    one Rayleigh trajectory given :math:`y=(A-\\lambda_1I)x` from a batched matrix product).
+    one Rayleigh trajectory given $y=(A-\\lambda_1I)x$ from a batched matrix product).
     """
     rescale = jit(_rescale)
     check = jit(_check)
@@ -428,7 +428,7 @@ def build(jit):
                 nxt, tw, twn, scr, acc, out, b):
         """Run trajectory ``b`` in place (``th`` ends as the final or frozen state); write its
         summaries; return (status, bad_step). ``scr`` is ``(3, n)`` scratch of the state's dtype
-        (group radii, carried :math:`p_i^2`, group sums of the update)."""
+        (group radii, carried $p_i^2$, group sums of the update)."""
         n = th.shape[0]
         radii = scr[0]
         pp = scr[1]

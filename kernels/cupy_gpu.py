@@ -1,11 +1,11 @@
 r"""CuPy backend: CuPy arrays end to end; nothing returns to the host between steps.
 
 Inputs and outputs are CuPy arrays (array type in = array type out) with the contract of
-:mod:`kernels.numba_cpu`. The per-trajectory work runs in the numba-cuda kernels of
-:mod:`kernels.numba_cuda` launched directly on the CuPy buffers (``__cuda_array_interface__``).
-For the Rayleigh quotient every step is one cuBLAS GEMM :math:`Y=(A-\lambda_1I)S` over all states
+`kernels.numba_cpu`. The per-trajectory work runs in the numba-cuda kernels of
+`kernels.numba_cuda` launched directly on the CuPy buffers (``__cuda_array_interface__``).
+For the Rayleigh quotient every step is one cuBLAS GEMM $Y=(A-\lambda_1I)S$ over all states
 and twins (``cupy.matmul``) followed by one elementwise kernel launch, which is how a dense
-:math:`A` reaches a good fraction of the FP64 peak at large ``m``.
+$A$ reaches a good fraction of the FP64 peak at large ``m``.
 
 The functions take the array module ``xp`` from their inputs, so under the CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1``) the same code runs on NumPy arrays in the tests.

@@ -1,6 +1,6 @@
 r"""Numba CPU kernels: ``prange`` over trajectories, summaries reduced in-kernel, no traces.
 
-Contract shared by every module of :mod:`kernels` (inputs already validated by
+Contract shared by every module of `kernels` (inputs already validated by
 ``toymodel.backend``; outputs preallocated; no RNG; never imports toymodel):
 
 * ``theta`` ``(B, n, d)``, in/out: initial states on the constraint set, overwritten with the final
@@ -14,7 +14,7 @@ Contract shared by every module of :mod:`kernels` (inputs already validated by
 
 The toy kernel runs the whole time loop of one trajectory inside one ``prange`` iteration, so its
 state stays in L1/L2 cache. The Rayleigh kernel (dense A shared by all trajectories) advances all
-trajectories together: one BLAS GEMM :math:`Y=S(A-\lambda_1I)` per step (``S`` stacks states and
+trajectories together: one BLAS GEMM $Y=S(A-\lambda_1I)$ per step (``S`` stacks states and
 twins; the BLAS threads use the cores), then a plain loop over trajectories for the O(m) rest of
 the step (a ``prange`` there would compete with the spinning BLAS threads: measured 2x slower).
 
@@ -143,7 +143,7 @@ def toy_kernel(theta, elr, alphas, twin_dirs, use_twin, individual, steps, tail,
 @njit(parallel=True, error_model="numpy", fastmath=_FAST, cache=True)
 def rayleigh_kernel(theta, Bs, elr, alphas, twin_dirs, use_twin, steps, tail, eps, tiny,
                     out, status, bad_step):
-    r"""The SI Rayleigh quotient (``theta`` ``(B, 1, m)``, ``Bs`` = :math:`A-\lambda_1I` ``(m, m)``)."""
+    r"""The SI Rayleigh quotient (``theta`` ``(B, 1, m)``, ``Bs`` = $A-\lambda_1I$ ``(m, m)``)."""
     B, _, m = theta.shape
     R = 2 * B if use_twin else B
     S = np.empty((R, m), theta.dtype)

@@ -1,20 +1,20 @@
 r"""numba-cuda kernels: one thread per trajectory, the whole time loop inside the thread.
 
 Uses the ``numba-cuda`` package (``import numba.cuda`` resolves to it when installed), not numba's
-deprecated built-in target. Same trajectory code as the CPU kernel (:mod:`kernels._trajectory`),
+deprecated built-in target. Same trajectory code as the CPU kernel (`kernels._trajectory`),
 compiled as device functions. On the device, states are laid out ``(n, d, B)``: thread ``b``
 works on the strided view ``theta[:, :, b]``, so a warp reads 32 neighbouring addresses
 (coalesced) for every coordinate.
 
-Host entry points :func:`toy` and :func:`rayleigh` take NumPy arrays with the contract of
-:mod:`kernels.numba_cpu` (``theta`` ``(B, n, d)`` in/out, preallocated ``out``/``status``/
+Host entry points `toy` and `rayleigh` take NumPy arrays with the contract of
+`kernels.numba_cpu` (``theta`` ``(B, n, d)`` in/out, preallocated ``out``/``status``/
 ``bad_step``), copy to the device once, launch, and copy the results back once. The device
-launchers :func:`launch_toy`, :func:`launch_rayleigh_init`, :func:`launch_rayleigh_step`,
-:func:`launch_rayleigh_finish` work on device arrays (numba device arrays, CuPy arrays, or NumPy
-arrays under the simulator ``NUMBA_ENABLE_CUDASIM=1``) and are shared with :mod:`kernels.cupy_gpu`.
+launchers `launch_toy`, `launch_rayleigh_init`, `launch_rayleigh_step`,
+`launch_rayleigh_finish` work on device arrays (numba device arrays, CuPy arrays, or NumPy
+arrays under the simulator ``NUMBA_ENABLE_CUDASIM=1``) and are shared with `kernels.cupy_gpu`.
 
-The Rayleigh kernel here does an in-thread mat-vec with :math:`A-\lambda_1I` per step (``2m^2``
-flops, ``A`` read through the cache by every thread); :mod:`kernels.cupy_gpu` replaces it by one
+The Rayleigh kernel here does an in-thread mat-vec with $A-\lambda_1I$ per step (``2m^2``
+flops, ``A`` read through the cache by every thread); `kernels.cupy_gpu` replaces it by one
 cuBLAS GEMM per step.
 """
 from __future__ import annotations
@@ -183,7 +183,7 @@ def _copy_back(d_theta, theta, d_out, out, d_status, status, d_bad, bad_step):
 
 def toy(theta, elr, alphas, twin_dirs, use_twin, individual, steps, tail, eps, tiny, out,
         status, bad_step):
-    """Host wrapper of the toy kernel (contract of :func:`kernels.numba_cpu.toy_kernel`)."""
+    """Host wrapper of the toy kernel (contract of `kernels.numba_cpu.toy_kernel`)."""
     B, n, d = theta.shape
     dt = theta.dtype
     d_theta = _to_ndb(theta)

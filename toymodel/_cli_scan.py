@@ -1,6 +1,6 @@
 """``toymodel scan`` and ``toymodel plot-scan``: phase-diagram scans from the command line.
 
-Registered by :func:`toymodel.cli.build_parser`; xarray, zarr, matplotlib and dask are imported
+Registered by `toymodel.cli.build_parser`; xarray, zarr, matplotlib and dask are imported
 inside the commands only.
 """
 from __future__ import annotations

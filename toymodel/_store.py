@@ -9,7 +9,7 @@ Layout (zarr format 3, written through xarray so any ``xr.open_zarr`` reads it):
       .toymodel/manifest.json                 the plan's parameters and their hash
       .toymodel/done/<chunk_id>.json          completion markers
 
-Protocol (one writer: the process that called :func:`toymodel.scan.scan`):
+Protocol (one writer: the process that called `toymodel.scan.scan`):
 
 1. creation is atomic: the template (coordinates, predictions, attrs; cell arrays left at their
    fill values, which zarr does not write) and the manifest are written to a temporary sibling

@@ -2,19 +2,19 @@
 
 ``backend="auto" | "numpy" | "numba" | "cuda" | "cupy"`` (STYLE §5):
 
-* ``"numpy"``: :func:`toymodel.dynamics.summarize_batch`, the specification; always available;
+* ``"numpy"``: `toymodel.dynamics.summarize_batch`, the specification; always available;
   every problem.
-* ``"numba"``: :mod:`kernels.numba_cpu` (``prange`` over trajectories).
-* ``"cuda"``: :mod:`kernels.numba_cuda` (one thread per trajectory; NumPy in, NumPy out).
-* ``"cupy"``: :mod:`kernels.cupy_gpu` (CuPy in, CuPy out; GEMM per step for the Rayleigh quotient).
+* ``"numba"``: `kernels.numba_cpu` (``prange`` over trajectories).
+* ``"cuda"``: `kernels.numba_cuda` (one thread per trajectory; NumPy in, NumPy out).
+* ``"cupy"``: `kernels.cupy_gpu` (CuPy in, CuPy out; GEMM per step for the Rayleigh quotient).
 * ``"auto"``: ``"cupy"`` when the inputs are CuPy arrays; otherwise ``"numba"`` when numba is
-  installed and the problem has a kernel (:class:`~toymodel.problems.SphereToy`,
-  :class:`~toymodel.problems.RayleighToy`), else ``"numpy"``. A GPU is used only when asked for or
+  installed and the problem has a kernel (`SphereToy`,
+  `RayleighToy`), else ``"numpy"``. A GPU is used only when asked for or
   when the inputs already live on it.
 
 Unknown names raise ``ValueError``; known but unavailable backends raise
-:class:`BackendUnavailable` (an ``ImportError``) with the install hint. ``TOYMODEL_DISABLE``
-hides packages (see :mod:`toymodel._deps`). Kernels are imported here only, lazily.
+`BackendUnavailable` (an ``ImportError``) with the install hint. ``TOYMODEL_DISABLE``
+hides packages (see `toymodel._deps`). Kernels are imported here only, lazily.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def _simulator() -> bool:
 
 
 def _check_available(name: str) -> None:
-    """Raise :class:`BackendUnavailable` unless backend ``name`` can run here."""
+    """Raise `BackendUnavailable` unless backend ``name`` can run here."""
     feature = f"backend={name!r}"
     try:
         if name == "numba":
@@ -92,7 +92,7 @@ def resolve(backend: str = "auto", *arrays, problem=None) -> str:
     """The concrete backend name for ``backend`` given the input ``arrays`` (validated).
 
     Raises ``ValueError`` for an unknown name or for CuPy arrays given to a host backend, and
-    :class:`BackendUnavailable` when the backend cannot run here.
+    `BackendUnavailable` when the backend cannot run here.
     """
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -122,7 +122,7 @@ def _xp(name):
 
 def summarize(problem, theta0, elr, *, steps, tail, constraint="total", alphas=None,
               twin_dirs=None, backend="auto"):
-    """Per-trajectory summaries of ``B`` runs (contract: :func:`toymodel.dynamics.summarize_batch`).
+    """Per-trajectory summaries of ``B`` runs (contract: `toymodel.dynamics.summarize_batch`).
 
     ``theta0`` ``(B, n, d)`` on the constraint set (its dtype is the computing dtype: float64 or
     float32 for the kernels), ``elr`` ``(B,)``, ``alphas`` ``(B, n)`` or ``None`` (the problem's),

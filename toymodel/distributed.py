@@ -1,8 +1,8 @@
 """Scans on a Dask cluster (``dask.distributed``): the same chunk plan, computed on workers.
 
-Every chunk is one task running :func:`toymodel.scan.compute_chunk` (pure: its result depends on
+Every chunk is one task running `toymodel.scan.compute_chunk` (pure: its result depends on
 the chunk's description only). The client process gathers results as they complete and is the
-store's single writer (:mod:`toymodel._store`), so no two processes ever write zarr at once.
+store's single writer (`toymodel._store`), so no two processes ever write zarr at once.
 
 Faults: a worker that dies loses only its running task, which the scheduler reruns on another
 worker (``distributed.scheduler.allowed-failures``); a lost scheduler raises here, and the same

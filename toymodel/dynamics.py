@@ -1,21 +1,21 @@
 r"""The reference projected-GD stepper: the readable NumPy specification every kernel matches.
 
-One step (T5, T7), with :math:`\eta=\tilde\eta\rho^2` and :math:`\rho=\|\theta_0\|`:
+One step (T5, T7), with $\eta=\tilde\eta\rho^2$ and $\rho=\|\theta_0\|$:
 
-* total constraint: :math:`\theta\leftarrow\rho\,(\theta-\eta\nabla F(\theta))/\|\theta-\eta\nabla F(\theta)\|`;
-* individual constraint: every group :math:`\theta_i\leftarrow r_i\,v_i/\|v_i\|` with
-  :math:`v=\theta-\eta\nabla F(\theta)` and :math:`r_i=\|\theta_{0,i}\|` (equal shares by default, so
-  every individual ELR is :math:`n\tilde\eta`).
+* total constraint: $\theta\leftarrow\rho\,(\theta-\eta\nabla F(\theta))/\|\theta-\eta\nabla F(\theta)\|$;
+* individual constraint: every group $\theta_i\leftarrow r_i\,v_i/\|v_i\|$ with
+  $v=\theta-\eta\nabla F(\theta)$ and $r_i=\|\theta_{0,i}\|$ (equal shares by default, so
+  every individual ELR is $n\tilde\eta$).
 
-Norms are re-measured at every step: the closed form :math:`\|v\|^2=\rho^2+\eta^2\|\nabla F\|^2`
+Norms are re-measured at every step: the closed form $\|v\|^2=\rho^2+\eta^2\|\nabla F\|^2$
 (T4) drifts off the sphere and produced NaN within 200 steps at large ELR (docs/theory.md §2).
 
 Metrics are recorded for the state a step starts from (index ``t`` describes
-:math:`\theta_t\to\theta_{t+1}`): ``loss`` :math:`F(\theta_t)`; ``shares`` (T7);
-``individual_elr`` :math:`\eta/\|\theta_{t,i}\|^2` (T7); ``grad_norm`` the effective gradient norm
-:math:`\|\theta_t\|\|\nabla F(\theta_t)\|` (T2); ``group_grad_norm``
-:math:`\|\theta_{t,i}\|\|\nabla_iF(\theta_t)\|` (T9); ``angle`` between :math:`\theta_t` and
-:math:`\theta_{t+1}`, which equals :math:`\arctan(\tilde\eta\|\tilde g\|)` under the total
+$\theta_t\to\theta_{t+1}$): ``loss`` $F(\theta_t)$; ``shares`` (T7);
+``individual_elr`` $\eta/\|\theta_{t,i}\|^2$ (T7); ``grad_norm`` the effective gradient norm
+$\|\theta_t\|\|\nabla F(\theta_t)\|$ (T2); ``group_grad_norm``
+$\|\theta_{t,i}\|\|\nabla_iF(\theta_t)\|$ (T9); ``angle`` between $\theta_t$ and
+$\theta_{t+1}$, which equals $\arctan(\tilde\eta\|\tilde g\|)$ under the total
 constraint (T6).
 """
 from __future__ import annotations
@@ -82,7 +82,7 @@ def project(theta, constraint: str, radius: float = 1.0, shares_=None) -> np.nda
 
 def initial_state(problem, seed: int = 0, constraint: str = "total", radius: float = 1.0,
                   shares=None) -> np.ndarray:
-    r"""The initial state for ``seed``: :math:`\theta_0\sim N(0,I)` of shape ``(n, d)``, projected onto
+    r"""The initial state for ``seed``: $\theta_0\sim N(0,I)$ of shape ``(n, d)``, projected onto
     the constraint set. Depends on ``seed`` and the problem's shape only, so every ELR of a scan
     and every backend starts from the same point."""
     problem = as_problem(problem)
@@ -92,7 +92,7 @@ def initial_state(problem, seed: int = 0, constraint: str = "total", radius: flo
 
 def initial_states(problem, seeds, constraint: str = "total", radius: float = 1.0, shares=None,
                    twin: bool = False):
-    """Stacked :func:`initial_state` for several seeds, shape ``(S, n, d)``.
+    """Stacked `initial_state` for several seeds, shape ``(S, n, d)``.
 
     With ``twin=True`` also returns unit perturbation directions ``(S, n, d)`` for the Lyapunov
     twin, drawn from the same generator right after the state.
@@ -126,8 +126,8 @@ def _rescale(v, constraint: str, target):
 
 
 def step(theta, grad, lr, constraint: str, target):
-    r"""One projected step from ``theta`` given its gradient (T5/T7): :math:`v=\theta-\eta\nabla F`
-    rescaled to the constraint set (see :func:`_rescale`)."""
+    r"""One projected step from ``theta`` given its gradient (T5/T7): $v=\theta-\eta\nabla F$
+    rescaled to the constraint set (see `_rescale`)."""
     return _rescale(theta - np.asarray(lr)[..., None, None] * grad, constraint, target)
 
 
@@ -187,7 +187,7 @@ class Trajectory:
 
     @classmethod
     def load(cls, path) -> "Trajectory":
-        """Read a trajectory written by :meth:`save` as ``.npz``."""
+        """Read a trajectory written by `save` as ``.npz``."""
         with np.load(path) as f:
             kw = {n: f[n] for n in cls.TRACES + ("step", "theta_final")}
             return cls(**kw, params=json.loads(str(f["params"])))
@@ -195,26 +195,26 @@ class Trajectory:
 
 def simulate(problem, elr, steps, theta0=None, seed=0, constraint="total", radius=1.0,
              record_every=1, shares=None, progress_bar=None) -> Trajectory:
-    r"""Projected GD with fixed ELR on ``problem`` (T5, T7); returns a :class:`Trajectory`.
+    r"""Projected GD with fixed ELR on ``problem`` (T5, T7); returns a `Trajectory`.
 
     Parameters
     ----------
     problem
-        A problem of :mod:`toymodel.problems`, or a sequence of curvatures (a :class:`SphereToy`).
+        A problem of `toymodel.problems`, or a sequence of curvatures (a `SphereToy`).
     elr
-        The total ELR :math:`\tilde\eta>0`; the learning rate is :math:`\eta=\tilde\eta\rho^2`.
+        The total ELR $\tilde\eta>0$; the learning rate is $\eta=\tilde\eta\rho^2$.
     steps
         Number of steps (>= 1).
     theta0
         Initial state ``(n, d)``, projected onto the constraint set. Default: drawn from ``seed``
-        by :func:`initial_state`.
+        by `initial_state`.
     seed
         Seed of the initial state when ``theta0`` is not given.
     constraint
         ``"total"`` (one sphere of radius ``radius``) or ``"individual"`` (each group on its own
         sphere of radius ``radius*sqrt(shares_i)``, equal shares by default).
     radius
-        The radius :math:`\rho` of the constraint set.
+        The radius $\rho$ of the constraint set.
     record_every
         Keep every k-th step's metrics.
     shares
@@ -289,7 +289,7 @@ def summarize_batch(problem, theta0, elr, *, steps, tail, constraint="total", al
                     twin_dirs=None):
     r"""Run ``B`` independent trajectories and reduce them to per-trajectory summaries.
 
-    This is the specification of the batch kernels of :mod:`kernels` (which must agree with it to
+    This is the specification of the batch kernels of `kernels` (which must agree with it to
     1e-12 in float64 on identical inputs). Inputs are already validated: ``theta0`` ``(B, n, d)`` on
     the constraint set, ``elr`` ``(B,)``, ``alphas`` ``(B, n)`` (curvatures per trajectory; they
     define the toy's loss and the threshold count), ``twin_dirs`` ``(B, n, d)`` unit directions or
@@ -299,18 +299,18 @@ def summarize_batch(problem, theta0, elr, *, steps, tail, constraint="total", al
     starts from):
 
     * ``tail_loss``, ``tail_loss_std``: Welford mean and population std of the loss;
-    * ``final_loss``: loss of :math:`\theta_{steps}`;
+    * ``final_loss``: loss of $\theta_{steps}$;
     * ``min_share``: smallest share seen;
-    * ``frac_above_threshold``: fraction of (step, group) pairs with :math:`\eta\alpha_i>\|\theta_i\|^2`,
-      i.e. individual ELR above :math:`1/\alpha_i` (T10);
+    * ``frac_above_threshold``: fraction of (step, group) pairs with $\eta\alpha_i>\|\theta_i\|^2$,
+      i.e. individual ELR above $1/\alpha_i$ (T10);
     * ``tail_grad_norm``, ``tail_angle``: means of the effective gradient norm and of the angle;
     * ``lyapunov``: with ``twin_dirs``, the largest Lyapunov exponent per step from a twin started
-      at :math:`P(\theta_0+\epsilon\rho w)`, :math:`\epsilon=\sqrt{\text{machine eps}}`, advanced with
-      the same map and pulled back to distance :math:`\epsilon\rho` along :math:`\delta` after every
-      step; the tail mean of :math:`\log(\|\delta\|/(\epsilon\rho))`. NaN without ``twin_dirs``.
+      at $P(\theta_0+\epsilon\rho w)$, $\epsilon=\sqrt{\text{machine eps}}$, advanced with
+      the same map and pulled back to distance $\epsilon\rho$ along $\delta$ after every
+      step; the tail mean of $\log(\|\delta\|/(\epsilon\rho))$. NaN without ``twin_dirs``.
 
-    Returns a dict of ``(B,)`` arrays named by :data:`SUMMARY_NAMES`, plus ``status`` (int8,
-    :data:`INVALID_REASONS`), ``bad_step`` (first failing step or -1) and ``theta_final``. A
+    Returns a dict of ``(B,)`` arrays named by `SUMMARY_NAMES`, plus ``status`` (int8,
+    `INVALID_REASONS`), ``bad_step`` (first failing step or -1) and ``theta_final``. A
     trajectory that fails is frozen and its summaries are NaN.
     """
     theta = np.array(theta0, copy=True)

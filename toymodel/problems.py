@@ -1,11 +1,11 @@
 r"""Scale-invariant toy problems (docs/theory.md §4).
 
-A problem maps a state ``theta`` of shape ``(..., n, d)`` (``n`` groups in :math:`\mathbb{R}^d`,
+A problem maps a state ``theta`` of shape ``(..., n, d)`` (``n`` groups in $\mathbb{R}^d$,
 any leading batch axes) to its loss, shape ``(...)``, and closed-form Euclidean gradient, shape
 ``(..., n, d)``. Both are scale-invariant group by group (T1): ``loss(c*theta) == loss(theta)`` and
 ``grad(c*theta) == grad(theta)/c``, and the gradient is orthogonal to each group.
 
-Every problem exposes its curvatures ``alphas`` (:math:`\alpha_i`, half the largest eigenvalue of
+Every problem exposes its curvatures ``alphas`` ($\alpha_i$, half the largest eigenvalue of
 the Riemannian Hessian of group ``i`` at the minimum), so the thresholds of ``theory.py`` apply.
 """
 from __future__ import annotations
@@ -16,14 +16,14 @@ from ._validate import alphas_array, positive_int
 
 
 def toy_group_losses(theta: np.ndarray, alphas) -> np.ndarray:
-    r"""Per-group toy losses :math:`\alpha_i p_i^2/r_i^2`, ``alphas`` broadcasting to ``(..., n)``."""
+    r"""Per-group toy losses $\alpha_i p_i^2/r_i^2$, ``alphas`` broadcasting to ``(..., n)``."""
     perp = np.einsum("...ij,...ij->...i", theta[..., 1:], theta[..., 1:])
     sq = perp + theta[..., 0] * theta[..., 0]
     return np.asarray(alphas, dtype=theta.dtype) * (perp / sq)
 
 
 def toy_grad(theta: np.ndarray, alphas) -> np.ndarray:
-    r"""Toy gradient (see :class:`SphereToy`), ``alphas`` broadcasting to ``(..., n)``."""
+    r"""Toy gradient (see `SphereToy`), ``alphas`` broadcasting to ``(..., n)``."""
     x = theta[..., 0]
     perp = np.einsum("...ij,...ij->...i", theta[..., 1:], theta[..., 1:])
     sq = perp + x * x
@@ -69,17 +69,17 @@ class _Problem:
 
 
 class SphereToy(_Problem):
-    r"""The canonical toy: :math:`F(\theta) = \sum_i \alpha_i \|P_\perp\theta_i\|^2/\|\theta_i\|^2 = \sum_i\alpha_i\sin^2\varphi_i`.
+    r"""The canonical toy: $F(\theta) = \sum_i \alpha_i \|P_\perp\theta_i\|^2/\|\theta_i\|^2 = \sum_i\alpha_i\sin^2\varphi_i$.
 
-    Each group :math:`\theta_i\in\mathbb{R}^d` has the minimiser direction :math:`e_1` (the first
+    Each group $\theta_i\in\mathbb{R}^d$ has the minimiser direction $e_1$ (the first
     coordinate; any other choice is a rotation of each group and changes nothing) and curvature
-    :math:`\alpha_i`. The Riemannian Hessian at the minimum is :math:`2\alpha_i`, so a single group
-    converges under fixed ELR iff :math:`\tilde\eta\alpha_i<1` (T11).
+    $\alpha_i$. The Riemannian Hessian at the minimum is $2\alpha_i$, so a single group
+    converges under fixed ELR iff $\tilde\eta\alpha_i<1$ (T11).
 
-    Gradient of group ``i`` with :math:`r^2=\|\theta_i\|^2`, :math:`x=\theta_{i,1}`,
-    :math:`p^2 = r^2-x^2`:
-    :math:`\partial_1 = -2\alpha_i x p^2/r^4`, :math:`\partial_k = 2\alpha_i x^2\theta_{i,k}/r^4` (k ≥ 2).
-    The loss is computed from :math:`p^2` directly (no ``1 - cos^2`` cancellation), so losses down to
+    Gradient of group ``i`` with $r^2=\|\theta_i\|^2$, $x=\theta_{i,1}$,
+    $p^2 = r^2-x^2$:
+    $\partial_1 = -2\alpha_i x p^2/r^4$, $\partial_k = 2\alpha_i x^2\theta_{i,k}/r^4$ (k ≥ 2).
+    The loss is computed from $p^2$ directly (no ``1 - cos^2`` cancellation), so losses down to
     1e-300 keep their relative precision.
     """
 
@@ -91,15 +91,15 @@ class SphereToy(_Problem):
         self.dim = positive_int("dim", dim, minimum=2)
 
     def group_losses(self, theta: np.ndarray) -> np.ndarray:
-        r"""Per-group losses :math:`\alpha_i\sin^2\varphi_i`, shape ``(..., n)``."""
+        r"""Per-group losses $\alpha_i\sin^2\varphi_i$, shape ``(..., n)``."""
         return toy_group_losses(theta, self.alphas)
 
     def loss(self, theta: np.ndarray) -> np.ndarray:
-        r""":math:`F(\theta)=\sum_i\alpha_i\sin^2\varphi_i`, shape ``(...)``."""
+        r"""$F(\theta)=\sum_i\alpha_i\sin^2\varphi_i$, shape ``(...)``."""
         return self.group_losses(theta).sum(axis=-1)
 
     def grad(self, theta: np.ndarray) -> np.ndarray:
-        r"""Closed-form Euclidean gradient :math:`\nabla F(\theta)`, shape ``(..., n, d)``."""
+        r"""Closed-form Euclidean gradient $\nabla F(\theta)$, shape ``(..., n, d)``."""
         return toy_grad(theta, self.alphas)
 
     def minimizer(self) -> np.ndarray:
@@ -109,7 +109,7 @@ class SphereToy(_Problem):
         return m
 
     def random_loss(self) -> float:
-        r""":math:`\sum_i\alpha_i/2`: the mean of F on the great circle through :math:`e_1` that the
+        r"""$\sum_i\alpha_i/2$: the mean of F on the great circle through $e_1$ that the
         dynamics of each group never leave (the gradient lies in span(θᵢ, e₁)). Equals the mean over
         the whole sphere for d = 2 (T12, divergence)."""
         return float(self.alphas.sum() / 2.0)
@@ -119,13 +119,13 @@ class SphereToy(_Problem):
 
 
 class RayleighToy(_Problem):
-    r"""SI Rayleigh quotient, one group: :math:`F(x) = x^\top A x/\|x\|^2 - \lambda_{\min}(A)`.
+    r"""SI Rayleigh quotient, one group: $F(x) = x^\top A x/\|x\|^2 - \lambda_{\min}(A)$.
 
-    The constant shift makes the minimum value 0 (as for :class:`SphereToy`) and changes no
-    gradient. With eigenvalues :math:`\lambda_1\le\dots\le\lambda_m` the minimiser is the lowest
-    eigenvector, the Riemannian Hessian there has eigenvalues :math:`2(\lambda_j-\lambda_1)`, so
-    :math:`\alpha = \lambda_m-\lambda_1` (the largest gap, ``alphas``) and ``gaps`` holds every
-    :math:`\lambda_j-\lambda_1`. Gradient: :math:`\nabla F(x) = 2(Ax - (x^\top Ax/\|x\|^2)x)/\|x\|^2`.
+    The constant shift makes the minimum value 0 (as for `SphereToy`) and changes no
+    gradient. With eigenvalues $\lambda_1\le\dots\le\lambda_m$ the minimiser is the lowest
+    eigenvector, the Riemannian Hessian there has eigenvalues $2(\lambda_j-\lambda_1)$, so
+    $\alpha = \lambda_m-\lambda_1$ (the largest gap, ``alphas``) and ``gaps`` holds every
+    $\lambda_j-\lambda_1$. Gradient: $\nabla F(x) = 2(Ax - (x^\top Ax/\|x\|^2)x)/\|x\|^2$.
     ``theta`` has shape ``(..., 1, m)``.
     """
 
@@ -151,14 +151,14 @@ class RayleighToy(_Problem):
         self.dim = int(A.shape[0])
 
     def loss(self, theta: np.ndarray) -> np.ndarray:
-        r""":math:`x^\top(A-\lambda_1 I)x/\|x\|^2`, shape ``(...)``; the shifted form keeps small
+        r"""$x^\top(A-\lambda_1 I)x/\|x\|^2$, shape ``(...)``; the shifted form keeps small
         losses accurate."""
         x = theta[..., 0, :]
         B = (self.A - self.lambda_min * np.eye(self.dim)).astype(theta.dtype)
         return np.einsum("...i,ij,...j->...", x, B, x) / np.einsum("...i,...i->...", x, x)
 
     def grad(self, theta: np.ndarray) -> np.ndarray:
-        r""":math:`2(Ax - F_A(x)x)/\|x\|^2` with :math:`F_A` the unshifted quotient, shape ``(..., 1, m)``."""
+        r"""$2(Ax - F_A(x)x)/\|x\|^2$ with $F_A$ the unshifted quotient, shape ``(..., 1, m)``."""
         x = theta[..., 0, :]
         A = self.A.astype(theta.dtype)
         Ax = x @ A
@@ -175,7 +175,7 @@ class RayleighToy(_Problem):
         return np.linalg.eigh(self.A)[1][:, 0][None, :]
 
     def random_loss(self) -> float:
-        r""":math:`\operatorname{tr}(A)/m-\lambda_1`: the mean of F over the sphere."""
+        r"""$\operatorname{tr}(A)/m-\lambda_1$: the mean of F over the sphere."""
         return float(self.eigenvalues.mean() - self.lambda_min)
 
     def describe(self) -> dict:
@@ -188,7 +188,7 @@ class RayleighToy(_Problem):
 
 
 def as_problem(problem_or_alphas, dim: int = 2):
-    """A problem as given, or a :class:`SphereToy` built from a sequence of curvatures."""
+    """A problem as given, or a `SphereToy` built from a sequence of curvatures."""
     if isinstance(problem_or_alphas, _Problem):
         return problem_or_alphas
     return SphereToy(problem_or_alphas, dim=dim)

@@ -1,23 +1,23 @@
 r"""Regime classification from observed dynamics, one classifier for the toy, the scans and networks.
 
-The classifier never consults :mod:`toymodel.theory`: it judges the tail of a run against the
-run's *random level* :math:`L_{rand}` (the loss of a scrambled direction: ``problem.random_loss()``
-for a toy, the loss at initialisation for a network). With tail-mean loss :math:`\bar L`:
+The classifier never consults `toymodel.theory`: it judges the tail of a run against the
+run's *random level* $L_{rand}$ (the loss of a scrambled direction: ``problem.random_loss()``
+for a toy, the loss at initialisation for a network). With tail-mean loss $\bar L$:
 
 * ``"invalid"``: the run produced non-finite numbers (the reason says which);
-* ``"convergence"``: :math:`\bar L\le` ``conv_rtol`` :math:`\cdot L_{rand}` (default 1e-3): the loss
+* ``"convergence"``: $\bar L\le$ ``conv_rtol`` $\cdot L_{rand}$ (default 1e-3): the loss
   went to (numerical) zero, the effective gradient with it;
-* ``"divergence"``: :math:`\bar L\ge` ``div_frac`` :math:`\cdot L_{rand}` (default 0.9): the
+* ``"divergence"``: $\bar L\ge$ ``div_frac`` $\cdot L_{rand}$ (default 0.9): the
   optimiser learns nothing; every step turns the weights by a large angle and scrambles them;
 * ``"chaotic_equilibrium"``: anything in between: a loss plateau strictly between zero and random.
 
 Why these criteria: the loss is the one observable every setting has (toy, scan summaries,
 networks); the effective gradient and the angle per step are reported next to the label but they
-grow smoothly through the equilibrium (in the toy :math:`\tan\Delta=\sqrt{c^2-1}` already reaches
-82° at :math:`\tilde\eta=1/\min\alpha` for α = (1, 2, 4)), so they draw no sharper line.
-The convergence boundary :math:`1/\sum\alpha_i` is sharp and the labels agree with
-:func:`toymodel.theory.predict_regime` away from it; the equilibrium→divergence passage near
-:math:`1/\min\alpha_i` is smooth in the toy, and there the labels and the prediction disagree in a
+grow smoothly through the equilibrium (in the toy $\tan\Delta=\sqrt{c^2-1}$ already reaches
+82° at $\tilde\eta=1/\min\alpha$ for α = (1, 2, 4)), so they draw no sharper line.
+The convergence boundary $1/\sum\alpha_i$ is sharp and the labels agree with
+`toymodel.theory.predict_regime` away from it; the equilibrium→divergence passage near
+$1/\min\alpha_i$ is smooth in the toy, and there the labels and the prediction disagree in a
 band whose width depends on ``div_frac``: that disagreement is real, not a bug (docs/theory.md).
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ def classify(trajectory, problem=None, *, tail=None, random_level=None, conv_rto
              div_frac=DIV_FRAC) -> str:
     """The regime of one run, from the tail of its loss trace (criteria in the module docstring).
 
-    ``trajectory`` needs a ``loss`` trace (a :class:`toymodel.dynamics.Trajectory`, or any object
+    ``trajectory`` needs a ``loss`` trace (a `toymodel.dynamics.Trajectory`, or any object
     or mapping with one, such as a network run's dataset). The random level is ``random_level`` if
     given, else ``problem.random_loss()``, else the first recorded loss (a network's loss at
     initialisation). ``tail`` defaults to the last 10% of the records.
@@ -80,7 +80,7 @@ def classify(trajectory, problem=None, *, tail=None, random_level=None, conv_rto
 
 
 def _tail_and_level(trajectory, problem, tail, random_level):
-    """The validated loss trace, tail length and random level that :func:`classify` judges by."""
+    """The validated loss trace, tail length and random level that `classify` judges by."""
     loss = np.asarray(trajectory["loss"] if isinstance(trajectory, dict) or hasattr(trajectory, "data_vars")
                       else trajectory.loss, dtype=np.float64)
     if loss.ndim != 1 or loss.size == 0:

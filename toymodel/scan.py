@@ -1,20 +1,20 @@
 r"""Phase-diagram scans: grids over ELR × configuration × seed, reduced to labelled summaries.
 
-A *cell* is one trajectory: an ELR :math:`\tilde\eta` (T3), a configuration (a problem of
-:mod:`toymodel.problems`, e.g. a :class:`~toymodel.problems.SphereToy` with curvatures
-:math:`\alpha_i`) and a seed (which fixes the initial state, :func:`toymodel.dynamics.initial_states`).
-Every cell is run by the batch backend (:func:`toymodel.backend.summarize`, the contract of
-:func:`toymodel.dynamics.summarize_batch`) and reduced to summaries: no traces are stored.
+A *cell* is one trajectory: an ELR $\tilde\eta$ (T3), a configuration (a problem of
+`toymodel.problems`, e.g. a `SphereToy` with curvatures
+$\alpha_i$) and a seed (which fixes the initial state, `toymodel.dynamics.initial_states`).
+Every cell is run by the batch backend (`toymodel.backend.summarize`, the contract of
+`toymodel.dynamics.summarize_batch`) and reduced to summaries: no traces are stored.
 
 The grid is cut into rectangular *chunks* (blocks of ELRs × configurations × seeds). One pure
-function, :func:`compute_chunk`, computes a chunk from its description alone, so the same chunk
-plan gives the same bits in-process, on Dask workers (:mod:`toymodel.distributed`) and after a
-resume from a zarr store (:mod:`toymodel._store`).
+function, `compute_chunk`, computes a chunk from its description alone, so the same chunk
+plan gives the same bits in-process, on Dask workers (`toymodel.distributed`) and after a
+resume from a zarr store (`toymodel._store`).
 
-Beside the observed ``regime`` (:func:`toymodel.regimes.classify_summary`, which judges the
+Beside the observed ``regime`` (`toymodel.regimes.classify_summary`, which judges the
 dynamics only), the dataset carries the theory's predictions for comparison:
-``predicted_regime`` (T10, T12), ``equilibrium_loss`` :math:`L^*=(\sum\alpha_i-1/\tilde\eta)/2`
-(T12), the thresholds :math:`1/\sum\alpha_i` and :math:`1/\min\alpha_i` (T10) and the random level.
+``predicted_regime`` (T10, T12), ``equilibrium_loss`` $L^*=(\sum\alpha_i-1/\tilde\eta)/2$
+(T12), the thresholds $1/\sum\alpha_i$ and $1/\min\alpha_i$ (T10) and the random level.
 """
 from __future__ import annotations
 
@@ -253,7 +253,7 @@ def _plan(problem_or_alphas, elrs, seeds, steps, tail, constraint, backend, dtyp
 # -- one chunk: the pure function every executor runs ------------------------------------------------
 @dataclass(frozen=True)
 class ChunkTask:
-    """A chunk described by value (picklable): what :func:`compute_chunk` needs and nothing else."""
+    """A chunk described by value (picklable): what `compute_chunk` needs and nothing else."""
 
     chunk_id: int
     configs: tuple
@@ -270,9 +270,9 @@ class ChunkTask:
 def compute_chunk(task: ChunkTask) -> dict:
     """Summaries of every cell of one chunk, arrays of shape ``(ce, cc, cs)``.
 
-    Configurations of equal shape share one :func:`toymodel.backend.summarize` call (the toy's
+    Configurations of equal shape share one `toymodel.backend.summarize` call (the toy's
     curvatures go per trajectory); the initial states come from the seeds alone
-    (:func:`toymodel.dynamics.initial_states`), so a cell's inputs never depend on the chunking.
+    (`toymodel.dynamics.initial_states`), so a cell's inputs never depend on the chunking.
     Returns the per-cell variables plus ``"_backend"`` (the backend that ran).
     """
     from . import backend as _backend
@@ -416,11 +416,11 @@ def scan(problem_or_alphas, elrs, seeds=4, steps=20000, tail=2000, constraint="t
     Parameters
     ----------
     problem_or_alphas
-        A problem, a curvature sequence (a :class:`SphereToy` of dimension ``dim``),
+        A problem, a curvature sequence (a `SphereToy` of dimension ``dim``),
         or a list of them (the ``config`` dimension). Configurations of different shapes are
         run in separate kernel calls.
     elrs
-        ELRs :math:`\tilde\eta` (T3): a sequence, ``"a:b:N"`` (N log-spaced) or ``"x,y,z"``.
+        ELRs $\tilde\eta$ (T3): a sequence, ``"a:b:N"`` (N log-spaced) or ``"x,y,z"``.
     seeds
         A count ``N`` (seeds ``0..N-1``) or a sequence of distinct non-negative integers;
         the initial state depends on the seed, the problem's shape and the constraint only.
@@ -429,12 +429,12 @@ def scan(problem_or_alphas, elrs, seeds=4, steps=20000, tail=2000, constraint="t
     constraint
         ``"total"`` or ``"individual"`` (T7).
     backend
-        Passed unchanged to :func:`toymodel.backend.summarize`.
+        Passed unchanged to `toymodel.backend.summarize`.
     dtype
         ``"float64"`` or ``"float32"``: the computing dtype.
     store
         Path of a zarr store (``"scan.zarr"``): chunks are written as they finish and the same
-        call resumes an interrupted scan (see :mod:`toymodel._store`); a store made with other
+        call resumes an interrupted scan (see `toymodel._store`); a store made with other
         parameters raises ``ValueError``. The returned dataset then reads lazily from the store.
     lyapunov
         Also estimate the largest Lyapunov exponent (a twin trajectory per cell).
@@ -443,7 +443,7 @@ def scan(problem_or_alphas, elrs, seeds=4, steps=20000, tail=2000, constraint="t
         ``"tcp://host:port"``: chunks run on the Dask workers, the results are written here.
     chunk_size
         Cells per chunk (int) or ``(elr, config, seed)`` sizes; default from the work
-        per cell (:func:`plan_chunks`).
+        per cell (`plan_chunks`).
     progress_bar
         Show cells done / total.
 
@@ -514,9 +514,9 @@ def agreement(ds, window: float = 0.0, by_config: bool = False):
     r"""Fraction of cells whose observed ``regime`` equals ``predicted_regime``.
 
     Cells within the relative ``window`` of the convergence boundary, where convergence is slow
-    and a finite run cannot decide, are left out: :math:`|\tilde\eta/\tilde\eta_c-1|\le` ``window``
-    with :math:`\tilde\eta_c=1/\sum\alpha_i` under the total constraint (T12) and
-    :math:`1/(n\max\alpha_i)`, the first step of the staircase, under the individual one (§3).
+    and a finite run cannot decide, are left out: $|\tilde\eta/\tilde\eta_c-1|\le$ ``window``
+    with $\tilde\eta_c=1/\sum\alpha_i$ under the total constraint (T12) and
+    $1/(n\max\alpha_i)$, the first step of the staircase, under the individual one (§3).
     Invalid cells count as disagreements. Returns a float, or a DataArray over ``config`` with
     ``by_config=True``.
     """
@@ -537,15 +537,15 @@ def agreement(ds, window: float = 0.0, by_config: bool = False):
 
 
 def convergence_boundary(ds):
-    r"""Per configuration, the ELR where the theory's convergence stops: :math:`1/\sum\alpha_i`
-    (total constraint, T12) or :math:`1/(n\max\alpha_i)` (individual constraint, §3)."""
+    r"""Per configuration, the ELR where the theory's convergence stops: $1/\sum\alpha_i$
+    (total constraint, T12) or $1/(n\max\alpha_i)$ (individual constraint, §3)."""
     if ds.attrs.get("constraint", "total") == "individual":
         return 1.0 / (ds["n_groups"] * ds["alphas"].max("group"))
     return ds["total_threshold"]
 
 
 def open_scan(path, allow_incomplete: bool = False):
-    """Open a scan store written by :func:`scan` (lazy ``xarray.Dataset``); an unfinished store
+    """Open a scan store written by `scan` (lazy ``xarray.Dataset``); an unfinished store
     raises ``ValueError`` unless ``allow_incomplete``."""
     from ._store import open_store
     return open_store(path, allow_incomplete=allow_incomplete)
@@ -561,9 +561,9 @@ def plot_scan(ds, configs=None):
     r"""The phase diagram of a scan: one column per configuration.
 
     Top: tail loss / random level against the ELR (log x), one dot per seed coloured by the
-    observed regime, with the equilibrium curve :math:`L^*/L_{rand}=(\sum\alpha-1/\tilde\eta)/(2L_{rand})`
+    observed regime, with the equilibrium curve $L^*/L_{rand}=(\sum\alpha-1/\tilde\eta)/(2L_{rand})$
     (T12). Bottom: observed regime per seed (dots) against ``predicted_regime`` (line). Dashed
-    verticals: :math:`1/\sum\alpha_i` (T10, T12) and :math:`1/\min\alpha_i` (T10). Returns the figure.
+    verticals: $1/\sum\alpha_i$ (T10, T12) and $1/\min\alpha_i$ (T10). Returns the figure.
     """
     import matplotlib.pyplot as plt
 

@@ -1,16 +1,16 @@
-r"""Numerical counterparts of the closed forms in :mod:`toymodel.theory`.
+r"""Numerical counterparts of the closed forms in `toymodel.theory`.
 
 Each function finds by computation (root finding, finite differences, simulation, bisection)
 what ``theory.py`` states in closed form, so that each statement is checked two independent ways:
 
-* :func:`two_cycle` — the single-group 2-cycle :math:`\pm\varphi^*` of the angle map (T11) by
+* `two_cycle` — the single-group 2-cycle $\pm\varphi^*$ of the angle map (T11) by
   root finding, and its multiplier from the map's derivative;
-* :func:`synchronized_equilibrium` — the n-group equilibrium (T12) as a fixed point of the
-  *simulator's* 2-step map (:func:`toymodel.dynamics.step` twice), found by ``scipy.optimize.root``
+* `synchronized_equilibrium` — the n-group equilibrium (T12) as a fixed point of the
+  *simulator's* 2-step map (`toymodel.dynamics.step` twice), found by ``scipy.optimize.root``
   from time averages of a simulated run;
-* :func:`equilibrium_jacobian` — the spectrum of that 2-step map's Jacobian at the equilibrium;
-* :func:`largest_lyapunov` — the largest Lyapunov exponent from a twin trajectory;
-* :func:`locate_total_threshold` — the ELR at which convergence stops, by bracketing simulated
+* `equilibrium_jacobian` — the spectrum of that 2-step map's Jacobian at the equilibrium;
+* `largest_lyapunov` — the largest Lyapunov exponent from a twin trajectory;
+* `locate_total_threshold` — the ELR at which convergence stops, by bracketing simulated
   dynamics (no closed form consulted).
 """
 from __future__ import annotations
@@ -27,17 +27,17 @@ from .problems import SphereToy, as_problem
 
 # -- T11: one group ----------------------------------------------------------------------------
 def _angle_map_derivative(phi, k):
-    r""":math:`\frac{d}{d\varphi}[\varphi-\arctan(k\sin2\varphi)] = 1-2k\cos2\varphi/(1+k^2\sin^22\varphi)`."""
+    r"""$\frac{d}{d\varphi}[\varphi-\arctan(k\sin2\varphi)] = 1-2k\cos2\varphi/(1+k^2\sin^22\varphi)$."""
     return 1.0 - 2.0 * k * np.cos(2 * phi) / (1.0 + (k * np.sin(2 * phi)) ** 2)
 
 
 def two_cycle(elr, alpha):
-    r"""The single-group 2-cycle by root finding: :math:`\varphi^*>0` with map(:math:`\varphi^*`) = :math:`-\varphi^*`,
-    i.e. a root of :math:`2\varphi-\arctan(\tilde\eta\alpha\sin2\varphi)` in :math:`(0,\pi/4]` (T11).
+    r"""The single-group 2-cycle by root finding: $\varphi^*>0$ with map($\varphi^*$) = $-\varphi^*$,
+    i.e. a root of $2\varphi-\arctan(\tilde\eta\alpha\sin2\varphi)$ in $(0,\pi/4]$ (T11).
 
     Returns ``(phi_star, multiplier, loss)``: the 2-step multiplier is the map's derivative at
-    :math:`\varphi^*` squared (the map is odd), the loss :math:`\alpha\sin^2\varphi^*`.
-    Raises ``ValueError`` when :math:`\tilde\eta\alpha\le1` (no 2-cycle: the minimum is stable).
+    $\varphi^*$ squared (the map is odd), the loss $\alpha\sin^2\varphi^*$.
+    Raises ``ValueError`` when $\tilde\eta\alpha\le1$ (no 2-cycle: the minimum is stable).
     """
     k = positive_finite("elr", elr) * positive_finite("alpha", alpha)
     if k <= 1.0:
@@ -88,9 +88,9 @@ def synchronized_equilibrium(elr, alphas, seed=0, warmup=3000):
     r"""The synchronized equilibrium as a fixed point of the simulator's 2-step map (T12).
 
     The guess is the time average, over a simulated run of ``warmup`` steps, of every group's
-    :math:`|\varphi_i|` and share; ``scipy.optimize.root`` then solves
-    map∘map(x) = x in the coordinates :math:`(\varphi_1..\varphi_n, s_1..s_{n-1})` (d = 2 suffices:
-    each group moves in the plane of :math:`\theta_i` and :math:`e_1`).
+    $|\varphi_i|$ and share; ``scipy.optimize.root`` then solves
+    map∘map(x) = x in the coordinates $(\varphi_1..\varphi_n, s_1..s_{n-1})$ (d = 2 suffices:
+    each group moves in the plane of $\theta_i$ and $e_1$).
     """
     a = alphas_array(alphas)
     elr = positive_finite("elr", elr)
@@ -124,7 +124,7 @@ def synchronized_equilibrium(elr, alphas, seed=0, warmup=3000):
 def equilibrium_jacobian(elr, alphas, h=1e-6, equilibrium=None):
     r"""Eigenvalues of the Jacobian of the 2-step map at the synchronized equilibrium (T12).
 
-    Central differences with step ``h`` in the coordinates of :func:`synchronized_equilibrium`
+    Central differences with step ``h`` in the coordinates of `synchronized_equilibrium`
     (error O(h²)). T12 says the map is neutral there: all moduli equal 1.
     """
     a = alphas_array(alphas)
@@ -142,8 +142,8 @@ def equilibrium_jacobian(elr, alphas, h=1e-6, equilibrium=None):
 
 def largest_lyapunov(problem, elr, steps=20000, tail=10000, seed=0, constraint="total"):
     r"""Largest Lyapunov exponent per step from a twin trajectory (the ``lyapunov`` summary of
-    :func:`toymodel.dynamics.summarize_batch`): tail mean of :math:`\log(\|\delta_{t+1}\|/\|\delta_t\|)`
-    with the twin pulled back to distance :math:`\sqrt{\epsilon}\rho` after every step."""
+    `toymodel.dynamics.summarize_batch`): tail mean of $\log(\|\delta_{t+1}\|/\|\delta_t\|)$
+    with the twin pulled back to distance $\sqrt{\epsilon}\rho$ after every step."""
     problem = as_problem(problem)
     elr = positive_finite("elr", elr)
     steps = positive_int("steps", steps)
@@ -161,7 +161,7 @@ def locate_total_threshold(problem, lo=None, hi=None, steps=20000, tail=2000, rt
     r"""The ELR at which simulated projected GD stops converging, by bracketing.
 
     Every round runs ``points`` ELRs log-spaced inside the bracket as one batch, labels each run
-    with :func:`toymodel.regimes.classify_summary` (observed dynamics only) and shrinks the bracket
+    with `toymodel.regimes.classify_summary` (observed dynamics only) and shrinks the bracket
     to the last converging / first non-converging pair; it stops when hi/lo - 1 < ``rtol``.
     The default bracket [1e-3, 1e3]/mean(alpha) only sets the scale; it is checked, not assumed.
     Returns the geometric midpoint of the final bracket.

@@ -1,8 +1,8 @@
 r"""Closed-form results of docs/theory.md (T1–T12), one small pure function per quantity.
 
-Notation: ELR :math:`\tilde\eta=\eta/\rho^2` (T3), curvatures :math:`\alpha_i>0`,
-:math:`c=\tilde\eta\sum_i\alpha_i` (T12), shares :math:`s_i=\|\theta_i\|^2/\rho^2` (T7).
-Statements tagged [toy] hold for :class:`toymodel.problems.SphereToy`; the others are exact.
+Notation: ELR $\tilde\eta=\eta/\rho^2$ (T3), curvatures $\alpha_i>0$,
+$c=\tilde\eta\sum_i\alpha_i$ (T12), shares $s_i=\|\theta_i\|^2/\rho^2$ (T7).
+Statements tagged [toy] hold for `toymodel.problems.SphereToy`; the others are exact.
 Every public function validates its input and raises ``ValueError`` naming the bad value.
 """
 from __future__ import annotations
@@ -16,37 +16,37 @@ REGIMES = ("convergence", "chaotic_equilibrium", "divergence")
 
 # -- §1 scale invariance and the ELR ------------------------------------------------------------
 def effective_lr(lr, sq_norm):
-    r"""ELR :math:`\tilde\eta = \eta/\|\theta\|^2` (T3)."""
+    r"""ELR $\tilde\eta = \eta/\|\theta\|^2$ (T3)."""
     return positive_finite("lr", lr) / positive_finite_array("sq_norm", sq_norm)
 
 
 def effective_grad_norm(grad_norm, norm):
-    r"""Effective gradient norm :math:`\|\tilde g\| = \|\theta\|\,\|\nabla F(\theta)\|` (T2)."""
+    r"""Effective gradient norm $\|\tilde g\| = \|\theta\|\,\|\nabla F(\theta)\|$ (T2)."""
     return np.asarray(grad_norm, dtype=float) * positive_finite_array("norm", norm)
 
 
 def sq_norm_after_step(sq_norm, lr, grad_sq_norm):
-    r"""Norm growth of an unprojected step: :math:`\|\theta-\eta\nabla F\|^2=\|\theta\|^2+\eta^2\|\nabla F\|^2` (T4)."""
+    r"""Norm growth of an unprojected step: $\|\theta-\eta\nabla F\|^2=\|\theta\|^2+\eta^2\|\nabla F\|^2$ (T4)."""
     lr = positive_finite("lr", lr)
     return np.asarray(sq_norm, dtype=float) + lr**2 * np.asarray(grad_sq_norm, dtype=float)
 
 
 def step_angle(elr, eff_grad_norm):
-    r"""Angle moved per step on the sphere: :math:`\Delta=\arctan(\tilde\eta\|\tilde g\|)` (T6)."""
+    r"""Angle moved per step on the sphere: $\Delta=\arctan(\tilde\eta\|\tilde g\|)$ (T6)."""
     return np.arctan(positive_finite("elr", elr) * np.asarray(eff_grad_norm, dtype=float))
 
 
 # -- §3 total vs individual ELR ------------------------------------------------------------------
 def shares(sq_norms):
-    r"""Shares :math:`s_i=\|\theta_i\|^2/\sum_j\|\theta_j\|^2` (T7)."""
+    r"""Shares $s_i=\|\theta_i\|^2/\sum_j\|\theta_j\|^2$ (T7)."""
     sq = positive_finite_array("sq_norms", sq_norms)
     return sq / sq.sum(axis=-1, keepdims=True)
 
 
 def individual_elr(elr, sq_norms, radius=1.0):
-    r"""Individual ELRs :math:`\tilde\eta_i=\eta/\|\theta_i\|^2` with :math:`\eta=\tilde\eta\rho^2` (T7).
+    r"""Individual ELRs $\tilde\eta_i=\eta/\|\theta_i\|^2$ with $\eta=\tilde\eta\rho^2$ (T7).
 
-    When the squared norms sum to :math:`\rho^2` this is :math:`\tilde\eta/s_i`.
+    When the squared norms sum to $\rho^2$ this is $\tilde\eta/s_i$.
     """
     elr = positive_finite("elr", elr)
     radius = positive_finite("radius", radius)
@@ -54,15 +54,15 @@ def individual_elr(elr, sq_norms, radius=1.0):
 
 
 def total_elr(individual_elrs):
-    r"""Budget identity :math:`1/\tilde\eta=\sum_i 1/\tilde\eta_i` (T8), solved for :math:`\tilde\eta`."""
+    r"""Budget identity $1/\tilde\eta=\sum_i 1/\tilde\eta_i$ (T8), solved for $\tilde\eta$."""
     ie = positive_finite_array("individual_elrs", individual_elrs)
     return 1.0 / (1.0 / ie).sum(axis=-1)
 
 
 def share_update(shares_, elr, eff_group_grad_norms):
-    r"""One step of the share dynamics (T9): :math:`s_i\leftarrow s_i+\tilde\eta^2\|\tilde g_i\|^2/s_i`, renormalised.
+    r"""One step of the share dynamics (T9): $s_i\leftarrow s_i+\tilde\eta^2\|\tilde g_i\|^2/s_i$, renormalised.
 
-    Here :math:`\tilde g_i=\rho\nabla_iF` is group ``i``'s part of the effective gradient.
+    Here $\tilde g_i=\rho\nabla_iF$ is group ``i``'s part of the effective gradient.
     """
     s = positive_finite_array("shares", shares_)
     elr = positive_finite("elr", elr)
@@ -72,29 +72,29 @@ def share_update(shares_, elr, eff_group_grad_norms):
 
 
 def group_thresholds(alphas):
-    r"""Per-group convergence thresholds :math:`1/\alpha_i` on the individual ELR (T11)."""
+    r"""Per-group convergence thresholds $1/\alpha_i$ on the individual ELR (T11)."""
     return 1.0 / alphas_array(alphas)
 
 
 def total_threshold(alphas):
-    r"""Total-ELR convergence threshold :math:`1/\sum_i\alpha_i` (T10, T12)."""
+    r"""Total-ELR convergence threshold $1/\sum_i\alpha_i$ (T10, T12)."""
     return float(1.0 / alphas_array(alphas).sum())
 
 
 def divergence_threshold(alphas):
-    r"""Above :math:`1/\min_i\alpha_i` every group exceeds its threshold whatever the shares (T10)."""
+    r"""Above $1/\min_i\alpha_i$ every group exceeds its threshold whatever the shares (T10)."""
     return float(1.0 / alphas_array(alphas).min())
 
 
 def groups_above_threshold(elr, alphas, shares_):
-    r"""Which groups have :math:`\tilde\eta_i\alpha_i = \tilde\eta\alpha_i/s_i > 1` (T10)."""
+    r"""Which groups have $\tilde\eta_i\alpha_i = \tilde\eta\alpha_i/s_i > 1$ (T10)."""
     a = alphas_array(alphas)
     s = positive_finite_array("shares", shares_)
     return positive_finite("elr", elr) * a / s > 1.0
 
 
 def remark2_holds(elr, alphas, shares_):
-    r"""Remark 2 (T10): if :math:`\tilde\eta>1/\sum\alpha_i`, some group is above its threshold for any shares.
+    r"""Remark 2 (T10): if $\tilde\eta>1/\sum\alpha_i$, some group is above its threshold for any shares.
 
     Returns True when the implication holds for these shares (vacuously below the threshold).
     """
@@ -104,8 +104,8 @@ def remark2_holds(elr, alphas, shares_):
 
 
 def below_threshold_shares(elr, alphas):
-    r"""Shares :math:`s_i=\tilde\eta\alpha_i` (plus the slack spread evenly) that put every group at or
-    below its threshold; they exist iff :math:`\tilde\eta\le1/\sum\alpha_i` (converse of T10).
+    r"""Shares $s_i=\tilde\eta\alpha_i$ (plus the slack spread evenly) that put every group at or
+    below its threshold; they exist iff $\tilde\eta\le1/\sum\alpha_i$ (converse of T10).
     Returns ``None`` above the threshold."""
     a = alphas_array(alphas)
     elr = positive_finite("elr", elr)
@@ -116,31 +116,31 @@ def below_threshold_shares(elr, alphas):
 
 
 def random_loss(alphas):
-    r"""Random level :math:`\sum_i\alpha_i/2`: the mean toy loss of a scrambled direction (T11–T12) [toy]."""
+    r"""Random level $\sum_i\alpha_i/2$: the mean toy loss of a scrambled direction (T11–T12) [toy]."""
     return float(alphas_array(alphas).sum() / 2.0)
 
 
 # -- §4 one group (T11) [toy] ------------------------------------------------------------------------
 def angle_map(phi, elr, alpha):
-    r"""One step of the single-group angle map :math:`\varphi'=\varphi-\arctan(\tilde\eta\alpha\sin2\varphi)` (T11)."""
+    r"""One step of the single-group angle map $\varphi'=\varphi-\arctan(\tilde\eta\alpha\sin2\varphi)$ (T11)."""
     k = positive_finite("elr", elr) * positive_finite("alpha", alpha)
     return np.asarray(phi, dtype=float) - np.arctan(k * np.sin(2.0 * np.asarray(phi, dtype=float)))
 
 
 def linear_rate(elr, alpha):
-    r"""Multiplier of the linearised map at the minimum: :math:`\varphi'\approx(1-2\tilde\eta\alpha)\varphi` (T11)."""
+    r"""Multiplier of the linearised map at the minimum: $\varphi'\approx(1-2\tilde\eta\alpha)\varphi$ (T11)."""
     return 1.0 - 2.0 * positive_finite("elr", elr) * positive_finite("alpha", alpha)
 
 
 def two_cycle_angle(elr, alpha):
-    r"""Angle :math:`\varphi^*=\tfrac12\arccos(1/(\tilde\eta\alpha))` of the stable 2-cycle :math:`\pm\varphi^*`
-    for :math:`\tilde\eta\alpha>1`; 0 (the minimum is stable) otherwise (T11)."""
+    r"""Angle $\varphi^*=\tfrac12\arccos(1/(\tilde\eta\alpha))$ of the stable 2-cycle $\pm\varphi^*$
+    for $\tilde\eta\alpha>1$; 0 (the minimum is stable) otherwise (T11)."""
     k = positive_finite("elr", elr) * positive_finite("alpha", alpha)
     return 0.5 * float(np.arccos(1.0 / k)) if k > 1.0 else 0.0
 
 
 def two_cycle_multiplier(elr, alpha):
-    r"""Multiplier of the 2-cycle's 2-step map, :math:`(1-2/(\tilde\eta\alpha)^2)^2`, for :math:`\tilde\eta\alpha>1` (T11)."""
+    r"""Multiplier of the 2-cycle's 2-step map, $(1-2/(\tilde\eta\alpha)^2)^2$, for $\tilde\eta\alpha>1$ (T11)."""
     k = positive_finite("elr", elr) * positive_finite("alpha", alpha)
     if k <= 1.0:
         raise ValueError(f"elr*alpha must exceed 1 for a 2-cycle to exist, got {k!r}")
@@ -148,7 +148,7 @@ def two_cycle_multiplier(elr, alpha):
 
 
 def two_cycle_loss(elr, alpha):
-    r"""Loss on the single-group 2-cycle, :math:`\alpha\sin^2\varphi^*=(\alpha-1/\tilde\eta)/2` above threshold, else 0 (T11)."""
+    r"""Loss on the single-group 2-cycle, $\alpha\sin^2\varphi^*=(\alpha-1/\tilde\eta)/2$ above threshold, else 0 (T11)."""
     elr = positive_finite("elr", elr)
     alpha = positive_finite("alpha", alpha)
     return 0.5 * (alpha - 1.0 / elr) if elr * alpha > 1.0 else 0.0
@@ -156,63 +156,63 @@ def two_cycle_loss(elr, alpha):
 
 # -- §4 n groups, total constraint (T12) [toy] ------------------------------------------------------
 def criticality(elr, alphas):
-    r""":math:`c=\tilde\eta\sum_i\alpha_i` (T12); convergence iff :math:`c\le1`."""
+    r"""$c=\tilde\eta\sum_i\alpha_i$ (T12); convergence iff $c\le1$."""
     return positive_finite("elr", elr) * float(alphas_array(alphas).sum())
 
 
 def equilibrium_loss(elr, alphas):
-    r"""Tail loss :math:`L^*=(\sum\alpha_i-1/\tilde\eta)/2` of the synchronized equilibrium above the
+    r"""Tail loss $L^*=(\sum\alpha_i-1/\tilde\eta)/2$ of the synchronized equilibrium above the
     total threshold, 0 at or below it (T12)."""
     c = criticality(elr, alphas)
     return 0.5 * (float(alphas_array(alphas).sum()) - 1.0 / float(elr)) if c > 1.0 else 0.0
 
 
 def equilibrium_shares(alphas):
-    r"""Shares of the synchronized equilibrium, :math:`s_i=\alpha_i/\sum_j\alpha_j` (T12)."""
+    r"""Shares of the synchronized equilibrium, $s_i=\alpha_i/\sum_j\alpha_j$ (T12)."""
     a = alphas_array(alphas)
     return a / a.sum()
 
 
 def equilibrium_individual_elr(elr, alphas):
-    r"""Individual ELRs at the equilibrium, :math:`\tilde\eta_i=\tilde\eta\sum\alpha/\alpha_i`, so :math:`\tilde\eta_i\alpha_i=c` (T12)."""
+    r"""Individual ELRs at the equilibrium, $\tilde\eta_i=\tilde\eta\sum\alpha/\alpha_i$, so $\tilde\eta_i\alpha_i=c$ (T12)."""
     a = alphas_array(alphas)
     return positive_finite("elr", elr) * a.sum() / a
 
 
 def equilibrium_angle(elr, alphas):
-    r"""Group angle on the equilibrium cycle, :math:`\varphi_i=\tfrac12\arccos(1/c)` for :math:`c>1`, else 0 (T12)."""
+    r"""Group angle on the equilibrium cycle, $\varphi_i=\tfrac12\arccos(1/c)$ for $c>1$, else 0 (T12)."""
     c = criticality(elr, alphas)
     return 0.5 * float(np.arccos(1.0 / c)) if c > 1.0 else 0.0
 
 
 def equilibrium_grad_norm(elr, alphas):
-    r"""Effective gradient norm at the equilibrium, :math:`\sum\alpha_i\sqrt{1-1/c^2}` for :math:`c>1`, else 0 (T12)."""
+    r"""Effective gradient norm at the equilibrium, $\sum\alpha_i\sqrt{1-1/c^2}$ for $c>1$, else 0 (T12)."""
     c = criticality(elr, alphas)
     return float(alphas_array(alphas).sum() * np.sqrt(1.0 - 1.0 / c**2)) if c > 1.0 else 0.0
 
 
 def equilibrium_step_angle(elr, alphas):
-    r"""Angle per step at the equilibrium, :math:`\arctan(\tilde\eta\|\tilde g\|)=\arctan\sqrt{c^2-1}` (T6, T12)."""
+    r"""Angle per step at the equilibrium, $\arctan(\tilde\eta\|\tilde g\|)=\arctan\sqrt{c^2-1}$ (T6, T12)."""
     c = criticality(elr, alphas)
     return float(np.arctan(np.sqrt(c**2 - 1.0))) if c > 1.0 else 0.0
 
 
 # -- §3 individual constraint [exact + toy] -----------------------------------------------------
 def individual_constraint_elr(elr, n_groups):
-    r"""Under the individual constraint with equal shares every :math:`\tilde\eta_i = n\tilde\eta` (§3)."""
+    r"""Under the individual constraint with equal shares every $\tilde\eta_i = n\tilde\eta$ (§3)."""
     return positive_finite("elr", elr) * int(n_groups)
 
 
 def individual_constraint_thresholds(alphas):
-    r"""ELRs :math:`1/(n\alpha_i)` at which group ``i`` stops converging under the individual constraint
+    r"""ELRs $1/(n\alpha_i)$ at which group ``i`` stops converging under the individual constraint
     with equal shares: a staircase, no collective boundary (§3)."""
     a = alphas_array(alphas)
     return 1.0 / (a.size * a)
 
 
 def predict_group_convergence(elr, alphas, constraint="individual"):
-    r"""Which groups converge. Individual constraint: :math:`n\tilde\eta\alpha_i<1` (staircase).
-    Total constraint: all groups iff :math:`c\le 1`, none otherwise (T10, T12)."""
+    r"""Which groups converge. Individual constraint: $n\tilde\eta\alpha_i<1$ (staircase).
+    Total constraint: all groups iff $c\le 1$, none otherwise (T10, T12)."""
     a = alphas_array(alphas)
     elr = positive_finite("elr", elr)
     if constraint_name(constraint) == "individual":
@@ -223,10 +223,10 @@ def predict_group_convergence(elr, alphas, constraint="individual"):
 def predict_regime(elr, alphas, constraint="total"):
     r"""The regime the theory predicts: ``"convergence"``, ``"chaotic_equilibrium"`` or ``"divergence"``.
 
-    Total constraint (T10, T12): convergence iff :math:`\tilde\eta\le1/\sum\alpha_i`; divergence when
-    :math:`\tilde\eta>1/\min\alpha_i` (every group above its threshold whatever the shares); chaotic
-    equilibrium in between. Individual constraint (§3): every :math:`\tilde\eta_i=n\tilde\eta`;
-    convergence when every group is below :math:`1/\alpha_i`, divergence when every group is above,
+    Total constraint (T10, T12): convergence iff $\tilde\eta\le1/\sum\alpha_i$; divergence when
+    $\tilde\eta>1/\min\alpha_i$ (every group above its threshold whatever the shares); chaotic
+    equilibrium in between. Individual constraint (§3): every $\tilde\eta_i=n\tilde\eta$;
+    convergence when every group is below $1/\alpha_i$, divergence when every group is above,
     and ``"chaotic_equilibrium"`` on the staircase steps in between (there the groups above
     threshold sit on periodic 2-cycles: a non-converged equilibrium, but not chaotic).
     """

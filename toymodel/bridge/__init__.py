@@ -2,11 +2,11 @@
 
 Imported explicitly (``import toymodel.bridge``); ``import toymodel`` never imports torch.
 
-* :func:`si_groups`, :func:`verify_scale_invariance`: SI parameter groups found structurally (T1);
-* :class:`SphereSGD`: projected SGD with fixed ELR, the official code's semantics (T5-T7);
-* :class:`ConvNetSI`, :class:`ResNet18SI`: the paper's reference networks;
-* :func:`load_data`: digits (default, offline), CIFAR-10/100 from local files, synthetic;
-* :func:`train`, :func:`train_scan`, :func:`run`: training with online metrics -> xarray Dataset.
+* `si_groups`, `verify_scale_invariance`: SI parameter groups found structurally (T1);
+* `SphereSGD`: projected SGD with fixed ELR, the official code's semantics (T5-T7);
+* `ConvNetSI`, `ResNet18SI`: the paper's reference networks;
+* `load_data`: digits (default, offline), CIFAR-10/100 from local files, synthetic;
+* `train`, `train_scan`, `run`: training with online metrics -> xarray Dataset.
 
 User guide: docs/bridge.md.
 """

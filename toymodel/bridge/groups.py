@@ -1,14 +1,14 @@
 r"""Scale-invariant parameter groups of a torch model, found from its structure (T1).
 
-A set :math:`S` of parameters is an SI group if scaling all of them by :math:`c>0` leaves the loss
+A set $S$ of parameters is an SI group if scaling all of them by $c>0$ leaves the loss
 unchanged. Structurally: the weights of a conv/linear layer (with its bias, if any) make its output
 positively 1-homogeneous; ReLU, pooling, reshapes, dropout and scalar multiples keep that
 homogeneity; a sum of two homogeneous values is homogeneous in the *union* of their sets (the
 residual stream of a pre-activation ResNet); a normalisation (BatchNorm/InstanceNorm/GroupNorm/
-LayerNorm) removes it. :func:`si_groups` traces the model with :mod:`torch.fx` and propagates these
+LayerNorm) removes it. `si_groups` traces the model with `torch.fx` and propagates these
 sets with a union-find; a set is SI when every path from it ends in a normalisation. Anything the
 rules do not know (a custom op, a head feeding the loss) poisons the set: detection errs towards
-missing a group, never towards claiming a false one. :func:`verify_scale_invariance` checks the
+missing a group, never towards claiming a false one. `verify_scale_invariance` checks the
 result numerically.
 
 Levels: ``"layer"`` (one group per set, the default), ``"total"`` (one group of every SI

@@ -1,14 +1,14 @@
 r"""Reference scale-invariant networks of the paper (docs/bridge.md), for any small image size.
 
-* :class:`ConvNetSI`: four blocks ``conv3x3 (bias-free) -> BatchNorm (no affine) -> ReLU`` with widths
+* `ConvNetSI`: four blocks ``conv3x3 (bias-free) -> BatchNorm (no affine) -> ReLU`` with widths
   ``c, 2c, 4c, 8c`` (max-pooling after blocks 2-4), a global max-pool and a linear head. Every conv
   filter feeds a normalisation, so the loss is SI in each filter, each layer and all convs (T1).
-* :class:`ResNet18SI`: pre-activation ResNet-18 without affine normalisations, with a
+* `ResNet18SI`: pre-activation ResNet-18 without affine normalisations, with a
   normalisation in every downsampling shortcut and a final one before the head. The residual
   stream of a stage (stem/shortcut conv + the ``conv2`` of each block) is one SI group.
 
 The head is the only non-SI layer. As in the official code, its weight is drawn under a fixed seed
-(:data:`HEAD_SEED`, independent of the run's seed), rescaled to Frobenius norm ``head_norm`` (10)
+(`HEAD_SEED`, independent of the run's seed), rescaled to Frobenius norm ``head_norm`` (10)
 and frozen (``requires_grad=False``): the loss is then SI in the trainable parameters, and the
 head's norm sets the loss at random initialisation (the divergence level).
 
@@ -37,7 +37,7 @@ def _check_width(width):
 
 def _frozen_head(in_features: int, num_classes: int, norm: float, bias: bool) -> nn.Linear:
     """Linear head drawn like ``nn.Linear`` (U(-1/sqrt(fan_in), 1/sqrt(fan_in))) under
-    :data:`HEAD_SEED`, weight rescaled to Frobenius norm ``norm``, all parameters frozen."""
+    `HEAD_SEED`, weight rescaled to Frobenius norm ``norm``, all parameters frozen."""
     if not (isinstance(norm, (int, float)) and math.isfinite(norm) and norm > 0):
         raise ValueError(f"head_norm must be a positive finite number, got {norm!r}")
     head = nn.Linear(in_features, num_classes, bias=bias)
@@ -128,7 +128,7 @@ MODELS = {"convnet-si": ConvNetSI, "resnet18-si": ResNet18SI}
 def build_model(name: str, *, width: int, num_classes: int, in_channels: int, seed: int = 0,
                 dtype=torch.float32, device="cpu") -> nn.Module:
     """Build a reference model by name (``"convnet-si"``, ``"resnet18-si"``); the SI weights are
-    drawn under ``torch.manual_seed(seed)`` (torch's default init), the head under :data:`HEAD_SEED`."""
+    drawn under ``torch.manual_seed(seed)`` (torch's default init), the head under `HEAD_SEED`."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {tuple(MODELS)}, got {name!r}")
     with torch.random.fork_rng(devices=[]):

@@ -1,21 +1,21 @@
 r"""``SphereSGD``: SGD on the sphere with a fixed effective learning rate, as a torch optimiser.
 
-One step (T5, T7) with the learning rate :math:`\eta=\tilde\eta\rho^2`:
+One step (T5, T7) with the learning rate $\eta=\tilde\eta\rho^2$:
 
 .. math:: v = \theta - \eta\nabla L(\theta), \qquad \theta \leftarrow \text{rescale}(v)
 
 * ``constraint="total"`` (the paper's training): every SI tensor is multiplied by the one common
-  factor :math:`\rho/\|v\|`, :math:`\|\cdot\|` over all SI parameters; :math:`\rho` is their initial
-  total norm (or ``radius``). Total ELR :math:`\tilde\eta`; the individual ELR of group :math:`g` is
-  :math:`\eta/\|\theta_g\|^2=\tilde\eta/s_g` and moves with the shares (T7, T9).
-* ``constraint="individual"``: group :math:`g` is multiplied by :math:`r_g/\|v_g\|` with
-  :math:`r_g` its initial norm: fixed shares, individual ELRs :math:`\tilde\eta/s_g` fixed.
+  factor $\rho/\|v\|$, $\|\cdot\|$ over all SI parameters; $\rho$ is their initial
+  total norm (or ``radius``). Total ELR $\tilde\eta$; the individual ELR of group $g$ is
+  $\eta/\|\theta_g\|^2=\tilde\eta/s_g$ and moves with the shares (T7, T9).
+* ``constraint="individual"``: group $g$ is multiplied by $r_g/\|v_g\|$ with
+  $r_g$ its initial norm: fixed shares, individual ELRs $\tilde\eta/s_g$ fixed.
 * ``constraint="per-filter"`` (the official ``--fix_all_elr``): each filter (row ``j`` of every
-  tensor of a group: output channel ``j``) is rescaled to one common radius :math:`r`, with
-  :math:`r^2=\rho^2/N` (:math:`N` filters in all, so the total norm stays :math:`\rho`); the
+  tensor of a group: output channel ``j``) is rescaled to one common radius $r$, with
+  $r^2=\rho^2/N$ ($N$ filters in all, so the total norm stays $\rho$); the
   filters are put on that radius at construction. The learning rate is
-  :math:`\eta=\tilde\eta\sum\|\theta\|^2=\tilde\eta N r^2`, so **each filter has individual ELR**
-  :math:`\eta/r^2=N\tilde\eta`: ``elr`` is the total ELR, not the per-filter one (the official
+  $\eta=\tilde\eta\sum\|\theta\|^2=\tilde\eta N r^2$, so **each filter has individual ELR**
+  $\eta/r^2=N\tilde\eta$: ``elr`` is the total ELR, not the per-filter one (the official
   code does not say so).
 
 Norms are re-measured at every step (docs/theory.md §2, numerics) with ``torch._foreach_norm``; the
@@ -24,11 +24,11 @@ with ``"si": False`` and their own ``"lr"`` (plain SGD; ``lr=0`` freezes them, a
 does with ``--noninvlr 0``); the reference models freeze their head with ``requires_grad=False``.
 
 Momentum and weight decay change what "fixed ELR" means and are rejected unless
-``allow_nonstandard=True``. Their semantics then: weight decay adds :math:`\lambda\theta` to the
+``allow_nonstandard=True``. Their semantics then: weight decay adds $\lambda\theta$ to the
 gradient before the step; since the rescale removes the radial part, a step is the plain step with
-ELR :math:`\tilde\eta/(1-\eta\lambda)`. Momentum keeps a heavy-ball buffer
-:math:`b\leftarrow\mu b+\nabla L` (dampening 0, as ``torch.optim.SGD``) and steps along
-:math:`-\eta b`; the buffer is *not* transported or rescaled, so the angular step no longer obeys
+ELR $\tilde\eta/(1-\eta\lambda)$. Momentum keeps a heavy-ball buffer
+$b\leftarrow\mu b+\nabla L$ (dampening 0, as ``torch.optim.SGD``) and steps along
+$-\eta b$; the buffer is *not* transported or rescaled, so the angular step no longer obeys
 T6 (the official code warns "fixing ELR with momentum is ambiguous").
 """
 from __future__ import annotations
@@ -75,12 +75,12 @@ def _as_groups(params):
 
 
 def _group_sq(params):
-    """:math:`\\sum_p\\|p\\|^2` as a 0-dim tensor (``torch._foreach_norm``)."""
+    """$\\sum_p\\|p\\|^2$ as a 0-dim tensor (``torch._foreach_norm``)."""
     return torch.stack(torch._foreach_norm(params)).square().sum()
 
 
 def _row_sq(params):
-    """Per-filter squared norms :math:`\\sum_p\\|p_j\\|^2` (row ``j`` = output channel)."""
+    """Per-filter squared norms $\\sum_p\\|p_j\\|^2$ (row ``j`` = output channel)."""
     return sum(p.reshape(p.shape[0], -1).square().sum(1) for p in params)
 
 
@@ -106,12 +106,12 @@ class SphereSGD(torch.optim.Optimizer):
 
     Parameters
     ----------
-    params : tensors (one SI group), parameter-group dicts, or :class:`SIGroup` objects
-        (from :func:`toymodel.bridge.si_groups`). A dict with ``"si": False`` is a non-SI group
+    params : tensors (one SI group), parameter-group dicts, or `SIGroup` objects
+        (from `toymodel.bridge.si_groups`). A dict with ``"si": False`` is a non-SI group
         trained by plain SGD with its own ``"lr"`` (required).
-    elr : the total effective learning rate :math:`\tilde\eta>0`.
+    elr : the total effective learning rate $\tilde\eta>0$.
     constraint : ``"total"`` | ``"individual"`` | ``"per-filter"``.
-    radius : :math:`\rho`; default the current total norm of the SI parameters. When given, the
+    radius : $\rho$; default the current total norm of the SI parameters. When given, the
         SI parameters are rescaled onto it at construction (keeping their shares).
     momentum, weight_decay : 0 unless ``allow_nonstandard=True`` (semantics in the module docstring).
     track : compute per-step metrics into ``last_metrics`` (pre-step squared norms and squared
@@ -326,12 +326,12 @@ class SphereSGD(torch.optim.Optimizer):
     def _track_before(self, si):
         """Pre-step pieces of the metrics and the exact angle of the step (T6).
 
-        With :math:`a=\\|\\theta\\|^2`, :math:`b=\\langle\\theta,d\\rangle`, :math:`c=\\|d\\|^2` of a rescaled
-        unit (all SI parameters, a group, or a filter), :math:`v=\\theta-\\eta d` has radial part
-        :math:`(a-\\eta b)/\\sqrt a` and tangential part :math:`\\eta\\sqrt{c-b^2/a}`, so its angle to
-        :math:`\\theta` is ``atan2`` of the two (:math:`\\arctan(\\tilde\\eta\\rho\\|d\\|)` when
-        :math:`b=0`, T6). Units keep their norms, so the angle of the whole SI vector satisfies
-        :math:`1-\\cos\\Delta=\\sum_u s_u(1-\\cos\\Delta_u)`, :math:`s_u` the shares of the units.
+        With $a=\\|\\theta\\|^2$, $b=\\langle\\theta,d\\rangle$, $c=\\|d\\|^2$ of a rescaled
+        unit (all SI parameters, a group, or a filter), $v=\\theta-\\eta d$ has radial part
+        $(a-\\eta b)/\\sqrt a$ and tangential part $\\eta\\sqrt{c-b^2/a}$, so its angle to
+        $\\theta$ is ``atan2`` of the two ($\\arctan(\\tilde\\eta\\rho\\|d\\|)$ when
+        $b=0$, T6). Units keep their norms, so the angle of the whole SI vector satisfies
+        $1-\\cos\\Delta=\\sum_u s_u(1-\\cos\\Delta_u)$, $s_u$ the shares of the units.
         """
         sq, gsq, dots = [], [], []
         constraint = si[0][0]["constraint"]

@@ -2,19 +2,19 @@ r"""Fixed-ELR training of an SI network with metrics computed online, saved as a
 
 Nothing is reloaded from checkpoints: every metric is measured while training (STYLE §6).
 Per optimiser step (every ``record_every``-th step kept, dim ``step``): ``step_loss`` (mini-batch
-loss before the step), ``step_grad_norm`` (effective gradient norm :math:`\|\theta\|\|\nabla L_b\|`
-of the SI parameters, T2; :math:`=\rho\|\nabla L_b\|` under the total constraint) and
+loss before the step), ``step_grad_norm`` (effective gradient norm $\|\theta\|\|\nabla L_b\|$
+of the SI parameters, T2; $=\rho\|\nabla L_b\|$ under the total constraint) and
 ``step_angle`` (radians turned by the step, T6).
 Per epoch (dim ``epoch``): ``loss`` / ``accuracy`` (mean over the epoch's mini-batches, before
 each step, as the official code reports), ``grad_norm`` (the paper's *mean effective gradient
-norm* :math:`\rho\cdot\mathrm{mean}_b\|\nabla L_b\|`), ``angle`` (mean per step),
+norm* $\rho\cdot\mathrm{mean}_b\|\nabla L_b\|$), ``angle`` (mean per step),
 ``group_grad_norm`` (dim ``group``), and at the end of the epoch ``si_norm``, ``individual_elr``
-:math:`\eta/\|\theta_g\|^2` and ``shares`` (dim ``group``, T7), ``cosine_to_init``; ``test_loss``
+$\eta/\|\theta_g\|^2$ and ``shares`` (dim ``group``, T7), ``cosine_to_init``; ``test_loss``
 / ``test_accuracy`` in eval mode every ``eval_every`` epochs and at the last (NaN on other epochs).
 Run scalars: ``random_loss`` (the random level: train loss at initialisation averaged with 8
-random SI directions, :func:`random_level`), ``init_loss``, ``tail_loss``,
+random SI directions, `random_level`), ``init_loss``, ``tail_loss``,
 ``tail_grad_norm``, ``tail_angle`` (means over the last ``tail`` epochs), ``regime`` and
-``regime_reason`` from :func:`toymodel.regimes.classify_summary` (the toy's classifier).
+``regime_reason`` from `toymodel.regimes.classify_summary` (the toy's classifier).
 """
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def _train_loss(model, x, y, batch_size):
 
 @torch.no_grad()
 def random_level(model, params, x, y, batch_size, n_draws=8, seed=0):
-    r"""The random level :math:`L_{rand}`: mean train loss over the initial SI direction and
+    r"""The random level $L_{rand}$: mean train loss over the initial SI direction and
     ``n_draws`` isotropic random ones (each SI tensor redrawn as a Gaussian, seeded by ``seed``).
 
     The network analogue of the toy's ``random_loss()`` (the mean of the loss over the sphere):
@@ -122,8 +122,8 @@ def evaluate(model, x, y, batch_size=1024):
 
 def run(model, data, *, elr, epochs, batch_size=128, constraint="total", seed=0, record_every=1,
         eval_every=1, tail=None, groups=None, progress_bar=True, desc="train", attrs=None):
-    """Train ``model`` on ``data`` (:class:`ImageData`, on the model's device) with
-    :class:`SphereSGD` at fixed ``elr``; returns the metrics Dataset (module docstring).
+    """Train ``model`` on ``data`` (`ImageData`, on the model's device) with
+    `SphereSGD` at fixed ``elr``; returns the metrics Dataset (module docstring).
 
     ``groups``: SI groups (default ``si_groups(model)``); every trainable parameter must be in one
     (a non-SI trainable parameter raises: freeze it, or build the optimiser yourself).
@@ -279,7 +279,7 @@ def train(*, elr, epochs, model="convnet-si", data="digits", width=8, batch_size
 def parse_elrs(text) -> np.ndarray:
     """``"a:b:N"`` -> N log-spaced values from a to b; ``"x,y,z"`` -> that list; a sequence as given.
 
-    The same grammar as the toy scans (:func:`toymodel.scan.elr_grid`), so a network ELR scan and a
+    The same grammar as the toy scans (`toymodel.scan.elr_grid`), so a network ELR scan and a
     toy scan can be written with one grid."""
     from ..scan import elr_grid
 
