@@ -1,32 +1,46 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Both build .venv themselves.
+# Two commands on a fresh machine: `make demo` and `make test`, in either order. Both build .venv
+# themselves: `demo` installs the package with the `scan` and `numba` extras (the demo, then the
+# README's toy commands: theory, simulate, scan, plot-scan), `test` adds the test, torch, Dask and
+# docs extras. Each
+# level has its own stamp, so `make test` after `make demo` installs the rest.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+VENV_STAMP := $(VENV)/.venv-created
+DEMO_STAMP := $(VENV)/.installed-demo
+FULL_STAMP := $(VENV)/.installed-full
 
 .PHONY: demo test figures docs bench clean
 
-$(STAMP): pyproject.toml
+$(VENV_STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# the CPU wheel of torch first (a bare `torch` would pull a multi-GB CUDA build)
+	touch $(VENV_STAMP)
+
+$(DEMO_STAMP): pyproject.toml $(VENV_STAMP)
+	$(PY) -m pip install -q -e ".[scan,numba]"
+	touch $(DEMO_STAMP)
+
+$(FULL_STAMP): pyproject.toml $(VENV_STAMP)
+	# the CPU wheel of torch first (a bare `torch` from PyPI is the multi-GB CUDA build; elsewhere
+	# install it from the CPU index, see the README)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test,scan,numba,torch,dist,docs]" numba-cuda
-	touch $(STAMP)
+	touch $(FULL_STAMP) $(DEMO_STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/toymodel demo
 
-test: $(STAMP)
+test: $(FULL_STAMP)
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q
 
-figures: $(STAMP)
+figures: $(FULL_STAMP)
 	$(VENV)/bin/toymodel figures --out figures/out --gallery docs/img
 
-docs: $(STAMP)
-	$(PY) -m mkdocs build --strict -f docs/mkdocs.yml
+docs: $(FULL_STAMP)
+	$(PY) -m mkdocs build --strict
 
-bench: $(STAMP)
+bench: $(FULL_STAMP)
 	$(PY) benchmarks/bench_kernels.py
 	$(PY) benchmarks/bench_bridge.py
 	$(PY) benchmarks/bench_distributed.py
