@@ -6,9 +6,18 @@ inside the commands only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
+import warnings
 
 import numpy as np
+
+#: the option each scan argument comes from, for messages (`toymodel.scan._plan`)
+_NAMES = {"elrs": "--elrs", "seeds": "--seeds", "steps": "--steps", "tail": "--tail", "dim": "--dim",
+          "chunk_size": "--chunk-size", "backend": "--backend", "store": "--out NAME.zarr"}
+#: defaults applied here, so that a message can say a value is a default the user never gave
+_DEFAULTS = {"seeds": "4", "steps": 20000, "tail": 2000}
 
 
 def _seeds_arg(text: str):
@@ -21,24 +30,93 @@ def _seeds_arg(text: str):
         raise ValueError(f"--seeds must be a count N or a comma list of seeds, got {text!r}") from None
 
 
-def _cmd_scan(args) -> int:
-    from .scan import agreement, scan
+@contextlib.contextmanager
+def _warnings_as_lines(command: str):
+    """Show warnings (a damaged chunk being recomputed) as one line each, like the errors."""
+    from ._store import RepairWarning
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RepairWarning)
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            print(f"toymodel {command}: warning: {message}", file=sys.stderr)
+
+        warnings.showwarning = show
+        yield
+
+
+def _interrupted(out, store) -> str:
+    if store is None:
+        where = ("an .nc file is written only at the end" if out else "nothing is written without --out")
+        return (f"toymodel scan: interrupted; nothing was saved ({where}); use --out NAME.zarr for a "
+                f"scan that keeps its finished chunks and resumes")
+    from ._store import META, check_markers
+    try:
+        import json
+        with open(os.path.join(store, META, "manifest.json")) as f:
+            n_chunks = json.load(f)["n_chunks"]
+        done = len(check_markers(store, full=False)[0])
+    except (OSError, ValueError, KeyError):
+        return "toymodel scan: interrupted before the store was created; run the same command to start again"
+    return (f"toymodel scan: interrupted; {done} of {n_chunks} chunks are saved in {store}: "
+            f"run the same command to resume")
+
+
+def _cmd_verify(path) -> int:
+    from ._store import describe_damage
+    from .scan import verify_scan
+
+    rep = verify_scan(path)
+    if rep["damage"]:
+        raise ValueError(f"{path} is damaged: {describe_damage(rep['damage'], limit=20)}; re-run the "
+                         f"scan that wrote it (the same command) to recompute the damaged chunks")
+    if rep["done"] < rep["n_chunks"]:
+        print(f"{path}: intact but incomplete ({rep['done']} of {rep['n_chunks']} chunks done); "
+              f"re-run the same scan to finish it")
+        return 1
+    print(f"{path}: intact ({rep['done']} of {rep['n_chunks']} chunks verified: sizes and sha256)")
+    return 0
+
+
+def _cmd_scan(args) -> int:
+    from ._store import remove_stale_temporaries, write_netcdf_atomic
+    from ._validate import output_path
+    from .scan import _plan, _run, agreement
+
+    if args.verify is not None:
+        return _cmd_verify(args.verify)
+    missing = [opt for opt, v in (("--alphas", args.alphas), ("--elrs", args.elrs)) if v is None]
+    if missing:
+        raise ValueError(f"the following arguments are required: {', '.join(missing)} "
+                         f"(or --verify STORE to check a store)")
+    defaults = {k for k in _DEFAULTS if getattr(args, k) is None}
+    for k in defaults:
+        setattr(args, k, _DEFAULTS[k])
     alphas = args.alphas
     configs = alphas[0] if len(alphas) == 1 else alphas
-    out = args.out
-    if out is not None and os.path.splitext(out)[1] not in (".zarr", ".nc"):
-        raise ValueError(f"--out must end in .zarr (resumable store) or .nc (NetCDF), got {out!r}")
-    store = out if out is not None and out.endswith(".zarr") else None
-    ds = scan(configs, args.elrs, seeds=_seeds_arg(args.seeds), steps=args.steps, tail=args.tail,
-              constraint=args.constraint, backend=args.backend, dtype=args.dtype, store=store,
-              lyapunov=args.lyapunov, client=args.scheduler, chunk_size=args.chunk_size,
-              progress_bar=args.progress, dim=args.dim)
-    if out is not None and store is None:
-        ds.to_netcdf(out)
+    out = store = None
+    if args.out is not None:  # checked before any work: a bad destination costs nothing
+        out = output_path("--out", args.out, (".zarr", ".nc"), overwrite=args.overwrite,
+                          overwrite_hint="--overwrite")
+        remove_stale_temporaries(out)
+        store = out if out.endswith(".zarr") else None
+    plan = _plan(configs, args.elrs, _seeds_arg(args.seeds), args.steps, args.tail, args.constraint,
+                 args.backend, args.dtype, args.lyapunov, args.chunk_size, args.dim,
+                 names=_NAMES, defaults=defaults)
+    try:
+        with _warnings_as_lines("scan"):
+            ds = _run(plan, store=store, client=args.scheduler, progress_bar=args.progress,
+                      names=_NAMES)
+            if out is not None and store is None:
+                write_netcdf_atomic(ds, out)
+    except KeyboardInterrupt:
+        print(_interrupted(out, store), file=sys.stderr)
+        return 130
+    except ConnectionError as err:  # an unreachable scheduler: refused before any work
+        raise ValueError(str(err)) from None
     _print_summary(ds, agreement)
     if out is not None:
-        print(f"saved {out}")
+        print(f"saved {args.out}")
     return 0
 
 
@@ -48,17 +126,22 @@ def _print_summary(ds, agreement) -> None:
     n = int(np.prod([ds.sizes[d] for d in ("elr", "config", "seed")]))
     print(f"{n} cells ({ds.sizes['elr']} ELRs x {ds.sizes['config']} configs x "
           f"{ds.sizes['seed']} seeds), backend {ds.attrs.get('backend')}, dtype {ds.attrs.get('dtype')}")
-    agree = agreement(ds, window=0.0, by_config=True).values
+    agree = agreement(ds, window=0.0, by_config=True)
     agree5 = agreement(ds, window=0.05, by_config=True).values
     boundary = np.atleast_1d(convergence_boundary(ds).values)
+    fmt = lambda x: "n/a" if not np.isfinite(x) else f"{x:.3f}"  # noqa: E731
     for j in range(ds.sizes["config"]):
         sub = ds.isel(config=j)
         labels, counts = np.unique(sub["regime"].values.astype(str), return_counts=True)
         alphas = sub["alphas"].values
         text = ", ".join(f"{lab} {c}" for lab, c in zip(labels, counts))
+        a = agree.isel(config=j)
+        left = int(a["unresolved"]) + int(a["invalid"])
+        left_text = (f"; left out {int(a['unresolved'])} unresolved and {int(a['invalid'])} invalid "
+                     f"cells" if left else "")
         print(f"config {j} alphas={alphas[np.isfinite(alphas)].tolist()}: {text}; agreement with "
-              f"predict_regime {agree[j]:.3f} (excluding +-5% around the convergence boundary "
-              f"{boundary[j]:.4g}: {agree5[j]:.3f})")
+              f"predict_regime {fmt(float(a))} over {int(a['compared'])} cells{left_text} (excluding "
+              f"+-5% around the convergence boundary {boundary[j]:.4g}: {fmt(agree5[j])})")
 
 
 def _cmd_plot_scan(args) -> int:
@@ -66,11 +149,14 @@ def _cmd_plot_scan(args) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .scan import open_scan, plot_scan
+    from ._validate import writable_parent
+    from .scan import figure_pixels, open_scan, plot_scan
 
-    ds = open_scan(args.store, allow_incomplete=args.allow_incomplete).load()
     out = args.out or os.path.splitext(os.path.normpath(args.store))[0] + ".png"
-    fig = plot_scan(ds, configs=args.config)
+    writable_parent("--out", out)
+    ds = open_scan(args.store, allow_incomplete=args.allow_incomplete)
+    figure_pixels(len(args.config) if args.config else ds.sizes["config"], args.dpi, "--dpi")
+    fig = plot_scan(ds.load(), configs=args.config)
     fig.savefig(out, dpi=args.dpi)
     plt.close(fig)
     print(f"saved {out}")
@@ -85,19 +171,27 @@ def register(sub) -> None:
                        description="Run every (ELR, configuration, seed) cell and store the "
                                    "summaries; re-running the same command resumes an "
                                    "interrupted .zarr store.")
-    p.add_argument("--alphas", action="append", required=True,
-                   help="group curvatures, e.g. 1,2,4; repeat the option for several configurations")
-    p.add_argument("--elrs", required=True,
-                   help="'a:b:N' for N log-spaced ELRs from a to b, or a comma list")
-    p.add_argument("--seeds", default="4", help="a count N (seeds 0..N-1) or a comma list (default 4)")
-    p.add_argument("--steps", type=int, default=20000)
-    p.add_argument("--tail", type=int, default=2000)
+    p.add_argument("--alphas", action="append", default=None,
+                   help="group curvatures, e.g. 1,2,4; repeat the option for several configurations "
+                        "(required unless --verify)")
+    p.add_argument("--elrs", default=None,
+                   help="'a:b:N' for N log-spaced ELRs from a to b, or a comma list of distinct "
+                        "values (required unless --verify)")
+    p.add_argument("--seeds", default=None, help="a count N (seeds 0..N-1) or a comma list (default 4)")
+    p.add_argument("--steps", type=int, default=None, help="steps per run (default 20000)")
+    p.add_argument("--tail", type=int, default=None,
+                   help="steps the summaries average over, at most --steps (default 2000)")
     p.add_argument("--dim", type=int, default=2, help="dimension d of each group (default 2)")
     p.add_argument("--constraint", choices=("total", "individual"), default="total")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     p.add_argument("--out", default=None, help="a .zarr store (written chunk by chunk, resumable) "
-                                               "or a .nc file")
+                                               "or a .nc file; checked before any work")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing .nc file (a .zarr store is resumed, never replaced)")
+    p.add_argument("--verify", default=None, metavar="STORE",
+                   help="check every finished chunk of a .zarr store against its recorded sha256 "
+                        "and exit: 0 intact, 1 intact but incomplete, 2 damaged (naming the chunks)")
     p.add_argument("--scheduler", default=None,
                    help="a Dask scheduler address tcp://host:port: run the chunks on its workers")
     p.add_argument("--lyapunov", action="store_true", help="estimate the largest Lyapunov exponent")
@@ -111,7 +205,8 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="image file (default: the store's name with .png)")
     p.add_argument("--config", type=int, action="append", default=None,
                    help="configuration index to draw (repeatable; default all)")
-    p.add_argument("--dpi", type=int, default=120)
+    p.add_argument("--dpi", type=int, default=120, help="resolution (the image may have at most "
+                                                          "1e8 pixels)")
     p.add_argument("--allow-incomplete", action="store_true",
                    help="draw an unfinished store (missing cells are left out)")
     p.set_defaults(func=_cmd_plot_scan)

@@ -1,4 +1,4 @@
-"""The scan's zarr store: written chunk by chunk, resumable, never silently overwritten.
+"""The scan's zarr store: written chunk by chunk, resumable, verified, never silently overwritten.
 
 Layout (zarr format 3, written through xarray so any ``xr.open_zarr`` reads it)::
 
@@ -7,35 +7,80 @@ Layout (zarr format 3, written through xarray so any ``xr.open_zarr`` reads it):
                                               like the scan's chunk plan (one storage chunk per
                                               plan chunk and variable)
       .toymodel/manifest.json                 the plan's parameters and their hash
-      .toymodel/done/<chunk_id>.json          completion markers
+      .toymodel/done/<chunk_id>.json          completion markers: each names its chunk's files
+                                              with their size and sha256
+      .toymodel/lock                          the writer's lock (``flock``) and its pid
 
-Protocol (one writer: the process that called `toymodel.scan.scan`):
+Protocol (one writer at a time, the process holding the lock):
 
 1. creation is atomic: the template (coordinates, predictions, attrs; cell arrays left at their
    fill values, which zarr does not write) and the manifest are written to a temporary sibling
-   directory that is then renamed to the store's path;
-2. a chunk's arrays are written, their files ``fsync``-ed, and only then its marker is written
-   (temporary file, ``fsync``, rename): a marker therefore always points at durable data;
-3. a chunk without a marker is recomputed and rewritten whole on the next call: because plan
+   directory ``.NAME.tmp-PID-XXXXXXXX`` that is then renamed to the store's path; a failed or
+   interrupted creation removes it, and a later call removes those of dead processes;
+2. a writer takes ``.toymodel/lock`` (``fcntl.flock``, released by the kernel when the process
+   dies, so a stale lock is simply taken over); a second writer is refused, naming the holder's pid;
+3. a chunk's arrays are written, their files ``fsync``-ed, and only then its marker is written
+   (temporary file, ``fsync``, rename): a marker therefore always points at durable data, and it
+   records each file's size and sha256 (``None`` for a chunk zarr did not store: all fill values);
+4. before trusting a chunk, a writer checks its files against the marker (sizes and hashes):
+   a missing, truncated or altered chunk loses its marker and is recomputed; readers
+   (`open_store`) check sizes only, `verify_store` everything;
+5. a chunk without a marker is recomputed and rewritten whole on the next call: because plan
    chunks and storage chunks coincide, a torn write never touches a finished chunk;
-4. opening a store whose manifest hash differs from the call's plan raises ``ValueError`` naming
+6. opening a store whose manifest hash differs from the call's plan raises ``ValueError`` naming
    the parameters that differ.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import time
 import uuid
 import warnings
 
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (a warning says so)
+    fcntl = None
+
 META = ".toymodel"
-#: test hook: called as ``hook(chunk_id, variable_name)`` after each variable of a chunk is written.
-_WRITE_HOOK = None
+_TMP = re.compile(r"\.tmp-(\d+)-[0-9a-f]{8}")
+
+
+class DamagedStoreError(ValueError):
+    """A store whose completion markers do not match its files; ``damage`` lists
+    ``(chunk_id, what)`` pairs."""
+
+    def __init__(self, path, damage):
+        self.path, self.damage = path, list(damage)
+        super().__init__(f"the store {path} is damaged: {describe_damage(self.damage)}; re-run the "
+                         f"same scan to recompute the damaged chunks")
+
+
+class StoreLockedError(ValueError):
+    """Another live process is writing the store; ``pid`` is its process id (or ``None``)."""
+
+    def __init__(self, path, pid):
+        self.path, self.pid = path, pid
+        who = f"process {pid}" if pid else "another process"
+        super().__init__(f"the store {path} is being written by {who}; wait for it to finish or stop "
+                         f"it (a killed writer's lock is taken over), or choose another store path")
+
+
+class RepairWarning(UserWarning):
+    """A damaged chunk was found and is being recomputed."""
+
+
+def describe_damage(damage, limit: int = 5) -> str:
+    text = "; ".join(f"chunk {c} ({what})" for c, what in damage[:limit])
+    return text + (f"; and {len(damage) - limit} more chunks" if len(damage) > limit else "")
 
 
 @contextlib.contextmanager
@@ -62,13 +107,72 @@ def _fsync_dir(path: str) -> None:
         _fsync_file(path)
 
 
+def _tmp_name(path: str) -> str:
+    """A temporary sibling ``.NAME.tmp-PID-XXXXXXXX``: hidden, and its pid says whose it is."""
+    parent, base = os.path.split(path)
+    return os.path.join(parent, f".{base}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
 def _atomic_write_json(path: str, obj) -> None:
     tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(os.path.dirname(path))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(path) -> list:
+    """Remove the temporaries ``.NAME.tmp-PID-…`` next to ``path`` whose process is dead (left by a
+    killed creation or NetCDF write); return the paths removed."""
+    parent, base = os.path.split(os.path.abspath(os.fspath(path)))
+    pattern = re.compile(rf"\.{re.escape(base)}\.tmp-(\d+)-[0-9a-f]{{8}}$")
+    removed = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(parent):
+            m = pattern.match(name)
+            if m and not _pid_alive(int(m.group(1))):
+                full = os.path.join(parent, name)
+                if os.path.isdir(full) and not os.path.islink(full):
+                    shutil.rmtree(full, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.remove(full)
+                removed.append(full)
+    return removed
+
+
+def write_netcdf_atomic(ds, path) -> None:
+    """Write ``ds`` to ``path`` through a temporary file in the same directory, then rename: an
+    existing file is replaced only by a complete new one, and a failure leaves no temporary."""
+    path = os.path.abspath(os.fspath(path))
+    tmp = _tmp_name(path)
+    try:
+        ds.to_netcdf(tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
     _fsync_dir(os.path.dirname(path))
 
 
@@ -77,65 +181,233 @@ def _diff(old: dict, new: dict) -> list:
     return [k for k in keys if old.get(k) != new.get(k)]
 
 
-class ScanStore:
-    """A scan store on the local filesystem (see the module docstring for the protocol)."""
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
-    def __init__(self, path: str, plan):
-        self.path, self.plan = path, plan
+
+def _marker_damage(root: str, marker: dict, full: bool):
+    """What is wrong with a chunk's files against its marker (``None`` if nothing): sizes always,
+    sha256 when ``full``."""
+    files = marker.get("files")
+    if not isinstance(files, dict):  # written before markers named their files
+        return "its marker records no file checksums (written by an older toymodel)" if full else None
+    for name, rec in files.items():
+        f = os.path.join(root, rec["path"])
+        try:
+            size = os.path.getsize(f)
+        except OSError:
+            size = None
+        if rec["size"] is None:
+            if size is not None:
+                return f"{name}: unexpected file {rec['path']}"
+            continue
+        if size is None:
+            return f"{name}: file {rec['path']} is missing"
+        if size != rec["size"]:
+            return f"{name}: file {rec['path']} has {size} bytes, expected {rec['size']}"
+        if full and _sha256_file(f) != rec["sha256"]:
+            return f"{name}: file {rec['path']} does not match its sha256"
+    return None
+
+
+def _read_markers(path: str):
+    """``(markers, damage)``: the readable completion markers by chunk id, and the unreadable ones."""
+    done_dir = os.path.join(path, META, "done")
+    markers, damage = {}, []
+    for n in sorted(os.listdir(done_dir)):
+        if not (n.endswith(".json") and n[:-5].isdigit()):
+            continue
+        c = int(n[:-5])
+        try:
+            with open(os.path.join(done_dir, n)) as f:
+                markers[c] = json.load(f)
+        except (OSError, ValueError):
+            damage.append((c, "its completion marker is unreadable"))
+    return markers, damage
+
+
+def check_markers(path, full: bool = True):
+    """``(done, damage)``: ids of the chunks whose files match their markers, and
+    ``(chunk_id, what)`` for those that do not."""
+    path = os.path.abspath(os.fspath(path))
+    markers, damage = _read_markers(path)
+    done = set()
+    for c, m in markers.items():
+        what = _marker_damage(path, m, full)
+        if what is None:
+            done.add(c)
+        else:
+            damage.append((c, what))
+    return done, sorted(damage)
+
+
+class _Lock:
+    """An exclusive ``flock`` on ``.toymodel/lock`` that also records the holder's pid."""
+
+    def __init__(self, store_path: str):
+        self.store_path = store_path
+        self.path = os.path.join(store_path, META, "lock")
+        self.fd = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is None:
+            warnings.warn("no fcntl on this system: the store is not locked against a second writer",
+                          RuntimeWarning, stacklevel=3)
+        else:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    os.close(fd)
+                    warnings.warn(f"could not lock {self.path} ({err}): make sure only one scan "
+                                  f"writes this store", RuntimeWarning, stacklevel=3)
+                    return
+                holder = os.read(fd, 64).decode(errors="replace").strip()
+                os.close(fd)
+                raise StoreLockedError(self.store_path, int(holder) if holder.isdigit() else None) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.fsync(fd)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+
+class ScanStore:
+    """A scan store on the local filesystem, open for writing (see the module docstring for the
+    protocol). ``on_write(chunk_id, name)``, if given, is called after each variable of a chunk is
+    written (fault-injection tests kill the process there)."""
+
+    def __init__(self, path: str, plan, on_write=None):
+        self.path, self.plan, self.on_write = path, plan, on_write
         self.done_dir = os.path.join(path, META, "done")
         self._group = None
+        self._lock = _Lock(path)
 
     # -- opening ------------------------------------------------------------------------------
     @classmethod
-    def open_or_create(cls, path, plan, make_template) -> "ScanStore":
-        """Open the store for ``plan`` (resume), or create it; refuse a store of another plan."""
-        path = os.path.abspath(os.fspath(path))
-        manifest = os.path.join(path, META, "manifest.json")
-        if os.path.exists(manifest):
-            with open(manifest) as f:
-                old = json.load(f)
-            if old.get("plan_hash") != plan.digest():
-                changed = _diff(old.get("params", {}), plan.params())
-                raise ValueError(
-                    f"the store {path} holds a scan with other parameters (differs in: "
-                    f"{', '.join(changed) or 'format'}); pass the same parameters to resume it, "
-                    f"or choose another store path")
-        elif os.path.exists(path):
-            raise ValueError(f"{path} exists and is not a toymodel scan store (no {META}/manifest.json); "
-                             f"choose another store path")
-        else:
-            cls._create(path, plan, make_template)
-        return cls(path, plan)
+    def open_or_create(cls, path, plan, make_template, on_write=None) -> "ScanStore":
+        """Open the store for ``plan`` (resume), or create it; refuse a store of another plan, a
+        path that is not a store, and a store another live process is writing. The returned store
+        holds the lock until `close`."""
+        from ._validate import writable_parent
+
+        path = writable_parent("store", path)
+        remove_stale_temporaries(path)
+        for _ in range(2):  # a creation race: the loser opens what the winner made
+            manifest = os.path.join(path, META, "manifest.json")
+            if os.path.exists(manifest):
+                with open(manifest) as f:
+                    old = json.load(f)
+                if old.get("plan_hash") != plan.digest():
+                    changed = _diff(old.get("params", {}), plan.params())
+                    raise ValueError(
+                        f"the store {path} holds a scan with other parameters (differs in: "
+                        f"{', '.join(changed) or 'format'}); pass the same parameters to resume it, "
+                        f"or choose another store path")
+                break
+            if os.path.isdir(path):
+                raise ValueError(f"{path} exists and is not a toymodel scan store (no "
+                                 f"{META}/manifest.json); choose another store path")
+            if os.path.exists(path):
+                raise ValueError(f"{path} is a file, not a zarr store directory; choose another path")
+            if cls._create(path, plan, make_template):
+                break
+        store = cls(path, plan, on_write)
+        store._lock.acquire()
+        store._remove_stale_files()
+        return store
 
     @staticmethod
-    def _create(path, plan, make_template) -> None:
-        parent = os.path.dirname(path) or "."
-        os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".{os.path.basename(path)}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        ds = make_template()
-        encoding = {name: {"chunks": plan.chunks} for name in plan.cell_vars()}
-        with quiet_zarr():
-            ds.to_zarr(tmp, mode="w-", zarr_format=3, encoding=encoding, consolidated=True)
-        os.makedirs(os.path.join(tmp, META, "done"))
-        _atomic_write_json(os.path.join(tmp, META, "manifest.json"),
-                           {"plan_hash": plan.digest(), "params": plan.params(),
-                            "n_chunks": plan.n_chunks, "shape": list(plan.shape)})
-        for root, _, files in os.walk(tmp):
-            for name in files:
-                _fsync_file(os.path.join(root, name))
+    def _create(path, plan, make_template) -> bool:
+        """Create the store atomically; ``False`` if another process created it first."""
+        parent = os.path.dirname(path)
+        tmp = _tmp_name(path)
         try:
-            os.rename(tmp, path)
-        except OSError as err:
-            raise ValueError(f"could not create the store {path}: {err}") from err
+            ds = make_template()
+            encoding = {name: {"chunks": plan.chunks} for name in plan.cell_vars()}
+            with quiet_zarr():
+                ds.to_zarr(tmp, mode="w-", zarr_format=3, encoding=encoding, consolidated=True)
+            os.makedirs(os.path.join(tmp, META, "done"))
+            _atomic_write_json(os.path.join(tmp, META, "manifest.json"),
+                               {"plan_hash": plan.digest(), "params": plan.params(),
+                                "n_chunks": plan.n_chunks, "shape": list(plan.shape)})
+            for root, _, files in os.walk(tmp):
+                for name in files:
+                    _fsync_file(os.path.join(root, name))
+            try:
+                os.rename(tmp, path)
+            except OSError as err:
+                if os.path.exists(os.path.join(path, META, "manifest.json")):
+                    return False
+                raise ValueError(f"could not create the store {path}: {err}") from err
+        finally:  # failed, interrupted or lost the race: leave no temporary behind
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
         _fsync_dir(parent)
+        return True
+
+    def _remove_stale_files(self) -> None:
+        """Temporary marker files of a killed writer (we hold the lock: none is live)."""
+        for d in (os.path.join(self.path, META), self.done_dir):
+            for n in os.listdir(d):
+                if _TMP.search(n):
+                    with contextlib.suppress(OSError):
+                        os.remove(os.path.join(d, n))
+
+    def close(self) -> None:
+        """Release the lock (the store stays as it is: a later call resumes it)."""
+        self._lock.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     # -- chunks ----------------------------------------------------------------------------------
-    def done_chunks(self) -> set:
-        """Ids of the chunks whose marker exists (their data is durable)."""
-        return {int(n[:-5]) for n in os.listdir(self.done_dir)
-                if n.endswith(".json") and n[:-5].isdigit()}
+    def check(self, full: bool = True):
+        """``(done, damage)`` of `check_markers`: the chunks to trust, and those to recompute."""
+        return check_markers(self.path, full=full)
 
-    def _chunk_files(self, name: str, chunk_id: int) -> str:
+    def discard(self, chunk_ids) -> None:
+        """Forget damaged chunks: remove their markers first (so they count as not done), then
+        their files; clear the store's ``complete`` flag. The next writes recompute them."""
+        chunk_ids = sorted(chunk_ids)
+        if not chunk_ids:
+            return
+        self.mark_incomplete()
+        for c in chunk_ids:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(self.done_dir, f"{c}.json"))
+        _fsync_dir(self.done_dir)
+        for c in chunk_ids:
+            for name in self.plan.cell_vars():
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self._chunk_file(name, c))
+
+    def mark_incomplete(self) -> None:
+        """Clear ``complete`` before rewriting any chunk of a store that was marked complete."""
+        import zarr
+
+        with quiet_zarr():
+            g = zarr.open_group(self.path, mode="r+")
+            if g.attrs.get("complete"):
+                g.attrs["complete"] = 0
+                zarr.consolidate_metadata(self.path)
+        self._group = None
+
+    def _chunk_file(self, name: str, chunk_id: int) -> str:
         idx = np.unravel_index(chunk_id, self.plan.grid)
         return os.path.join(self.path, name, "c", *(str(int(i)) for i in idx))
 
@@ -152,23 +424,24 @@ class ScanStore:
                 data = np.ascontiguousarray(result[name])
                 self._group[name][region] = data
                 digest.update(data.tobytes())
-                if _WRITE_HOOK is not None:
-                    _WRITE_HOOK(chunk_id, name)
+                if self.on_write is not None:
+                    self.on_write(chunk_id, name)
+        files = {}
         for name in self.plan.cell_vars():
-            f = self._chunk_files(name, chunk_id)
-            if os.path.exists(f):  # an all-fill chunk is not stored at all
+            f = self._chunk_file(name, chunk_id)
+            rel = os.path.relpath(f, self.path)
+            if os.path.exists(f):
                 _fsync_file(f)
+                files[name] = {"path": rel, "size": os.path.getsize(f), "sha256": _sha256_file(f)}
+            else:  # an all-fill chunk is not stored at all
+                files[name] = {"path": rel, "size": None, "sha256": None}
         _atomic_write_json(os.path.join(self.done_dir, f"{chunk_id}.json"),
                            {"chunk_id": chunk_id, "region": [[int(s.start), int(s.stop)] for s in region],
                             "backend": result.get("_backend", ""), "sha256": digest.hexdigest(),
-                            "written": time.time()})
+                            "files": files, "written": time.time()})
 
     def markers(self) -> list:
-        out = []
-        for c in sorted(self.done_chunks()):
-            with open(os.path.join(self.done_dir, f"{c}.json")) as f:
-                out.append(json.load(f))
-        return out
+        return [m for _, m in sorted(_read_markers(self.path)[0].items())]
 
     def finish(self):
         """Record the backends used, mark the store complete, consolidate; return the dataset."""
@@ -182,20 +455,36 @@ class ScanStore:
         return open_store(self.path)
 
 
-def open_store(path, allow_incomplete: bool = False):
-    """Open a scan store as an ``xarray.Dataset`` (lazy). An unfinished store raises ``ValueError``
-    (re-run the same scan call to finish it) unless ``allow_incomplete``."""
-    import xarray as xr
-
-    path = os.path.abspath(os.fspath(path))
+def _manifest(path: str) -> dict:
     manifest = os.path.join(path, META, "manifest.json")
     if not os.path.exists(manifest):
         raise FileNotFoundError(f"{path} is not a toymodel scan store (no {META}/manifest.json)")
     with open(manifest) as f:
-        n_chunks = json.load(f)["n_chunks"]
-    done = len([n for n in os.listdir(os.path.join(path, META, "done")) if n.endswith(".json")])
-    if done < n_chunks and not allow_incomplete:
-        raise ValueError(f"the store {path} is incomplete ({done} of {n_chunks} chunks done); "
+        return json.load(f)
+
+
+def verify_store(path) -> dict:
+    """Check every marked chunk of a store against its marker (sizes and sha256): returns
+    ``{"path", "n_chunks", "done", "damage"}`` with ``damage`` a list of ``(chunk_id, what)``."""
+    path = os.path.abspath(os.fspath(path))
+    n_chunks = _manifest(path)["n_chunks"]
+    done, damage = check_markers(path, full=True)
+    return {"path": path, "n_chunks": n_chunks, "done": len(done), "damage": damage}
+
+
+def open_store(path, allow_incomplete: bool = False):
+    """Open a scan store as an ``xarray.Dataset`` (lazy). An unfinished store raises ``ValueError``
+    (re-run the same scan call to finish it) unless ``allow_incomplete``; a store whose chunk files
+    do not match their markers (checked by size: cheap) raises `DamagedStoreError` in any case."""
+    import xarray as xr
+
+    path = os.path.abspath(os.fspath(path))
+    n_chunks = _manifest(path)["n_chunks"]
+    done, damage = check_markers(path, full=False)
+    if damage:
+        raise DamagedStoreError(path, damage)
+    if len(done) < n_chunks and not allow_incomplete:
+        raise ValueError(f"the store {path} is incomplete ({len(done)} of {n_chunks} chunks done); "
                          f"re-run the same scan to finish it")
     with quiet_zarr():
         return xr.open_zarr(path, chunks=None, consolidated=True)

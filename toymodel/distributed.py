@@ -1,31 +1,48 @@
 """Scans on a Dask cluster (``dask.distributed``): the same chunk plan, computed on workers.
 
-Every chunk is one task running `toymodel.scan.compute_chunk` (pure: its result depends on
-the chunk's description only). The client process gathers results as they complete and is the
+The executor is generic: `run_chunks` receives the chunk function (the scan passes
+`toymodel.scan.compute_chunk`, pure: its result depends on the chunk's description only) and
+never imports the scan back. The client process gathers results as they complete and is the
 store's single writer (`toymodel._store`), so no two processes ever write zarr at once.
 
 Faults: a worker that dies loses only its running task, which the scheduler reruns on another
 worker (``distributed.scheduler.allowed-failures``); a lost scheduler raises here, and the same
-call resumes from the store's completion markers. ``dask`` is imported only inside functions:
-``import toymodel`` never needs it.
+call resumes from the store's completion markers; an unreachable scheduler raises
+`SchedulerUnreachable` after `CONNECT_TIMEOUT_S` seconds, before any work. ``dask`` is imported
+only inside functions: ``import toymodel`` never needs it.
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import uuid
 
 from ._deps import require
 
+#: seconds to wait for a scheduler named by its address before giving up.
+CONNECT_TIMEOUT_S = 5.0
 
-def connect(client):
-    """``(client, owned)`` for a ``dask.distributed.Client`` or a scheduler address."""
+
+class SchedulerUnreachable(ConnectionError):
+    """No Dask scheduler answered at the given address within the timeout."""
+
+
+def connect(client, timeout: float | None = None):
+    """``(client, owned)`` for a ``dask.distributed.Client`` or a scheduler address (connected
+    within ``timeout`` seconds, default `CONNECT_TIMEOUT_S`, else `SchedulerUnreachable`)."""
     require("dask", "distributed scans")
     distributed = require("distributed", "distributed scans")
     if isinstance(client, str):
         if not client.startswith(("tcp://", "tls://", "inproc://", "ucx://", "ws://", "wss://")):
             raise ValueError(f"client must be a dask.distributed.Client or a scheduler address "
                              f"like 'tcp://host:8786', got {client!r}")
-        return distributed.Client(client, timeout="30s"), True
+        timeout = CONNECT_TIMEOUT_S if timeout is None else float(timeout)
+        try:
+            return distributed.Client(client, timeout=f"{timeout}s"), True
+        except OSError as err:  # distributed raises OSError (TimeoutError) after the timeout
+            raise SchedulerUnreachable(
+                f"no Dask scheduler answered at {client} within {timeout:g} s ({err}); start one "
+                f"(dask scheduler) or check the address") from None
     if isinstance(client, distributed.Client):
         return client, False
     raise ValueError(f"client must be None, a dask.distributed.Client or a scheduler address "
@@ -39,45 +56,39 @@ def _slots(client) -> int:
         return 4
 
 
-def run_chunks(client, plan, chunk_ids, commit, max_in_flight=None) -> None:
-    """Compute ``chunk_ids`` of ``plan`` on the cluster; call ``commit(chunk_id, result)`` here,
-    in completion order. At most ``max_in_flight`` chunks (default: 2 per worker thread, at least
-    4) are submitted at once, so results never pile up in memory."""
+def run_chunks(client, fn, tasks, commit, max_in_flight=None) -> None:
+    """Run ``fn(task)`` on the cluster for every ``(key, task)`` of ``tasks``; call
+    ``commit(key, result)`` here, in completion order. ``client`` is a connected
+    ``dask.distributed.Client`` (see `connect`). At most ``max_in_flight`` tasks (default: 2 per
+    worker thread, at least 4) are submitted at once, so results never pile up in memory."""
     from distributed import as_completed
 
-    from .scan import compute_chunk
+    todo = iter(tasks)  # consumed lazily: a task is described only when it is submitted
+    window = max_in_flight or max(4, 2 * _slots(client))
+    tag = uuid.uuid4().hex[:8]
+    ids: dict = {}
+    futures: list = []
 
-    client, owned = connect(client)
+    def submit(item):
+        key, task = item
+        fut = client.submit(fn, task, key=f"toymodel-chunk-{tag}-{key}", pure=False)
+        ids[fut.key] = key
+        futures.append(fut)
+        return fut
+
+    pending = as_completed([submit(item) for item in itertools.islice(todo, window)])
     try:
-        todo = list(chunk_ids)
-        window = max_in_flight or max(4, 2 * _slots(client))
-        tag = uuid.uuid4().hex[:8]
-
-        def submit(c):
-            fut = client.submit(compute_chunk, plan.task(c), key=f"toymodel-chunk-{tag}-{c}",
-                                pure=False)
-            ids[fut.key] = c
-            return fut
-
-        ids: dict = {}
-        first, rest = todo[:window], todo[window:]
-        futures = [submit(c) for c in first]
-        pending = as_completed(futures)
-        try:
-            for fut in pending:
-                result = fut.result()  # the task's error, or CancelledError if the cluster died
-                c = ids.pop(fut.key)
-                fut.release()
-                commit(c, result)
-                if rest:
-                    futures.append(submit(rest.pop(0)))
-                    pending.add(futures[-1])
-        except BaseException:
-            # Ctrl-C, a failed task or a lost scheduler: stop the rest of this scan's tasks; the
-            # chunks committed so far stay in the store and the same call resumes from them.
-            with contextlib.suppress(Exception):
-                client.cancel([f for f in futures if f.key in ids])
-            raise
-    finally:
-        if owned:
-            client.close()
+        for fut in pending:
+            result = fut.result()  # the task's error, or CancelledError if the cluster died
+            key = ids.pop(fut.key)
+            fut.release()
+            commit(key, result)
+            item = next(todo, None)
+            if item is not None:
+                pending.add(submit(item))
+    except BaseException:
+        # Ctrl-C, a failed task or a lost scheduler: stop the rest of this scan's tasks; the
+        # chunks committed so far stay in the store and the same call resumes from them.
+        with contextlib.suppress(Exception):
+            client.cancel([f for f in futures if f.key in ids])
+        raise

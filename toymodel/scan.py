@@ -28,11 +28,11 @@ import numpy as np
 
 from . import dynamics, regimes, theory
 from ._progress import progress
-from ._validate import constraint_name, positive_finite_array, positive_int
+from ._validate import constraint_name, distinct, positive_finite_array, positive_int
 from .problems import RayleighToy, SphereToy, _Problem, as_problem
 
-__all__ = ["scan", "agreement", "open_scan", "plot_scan", "elr_grid", "plan_chunks", "compute_chunk", "CELL_DIMS",
-           "TARGET_ELEMENT_STEPS"]
+__all__ = ["scan", "agreement", "Agreement", "open_scan", "verify_scan", "plot_scan",
+           "elr_grid", "plan_chunks", "compute_chunk", "CELL_DIMS", "TARGET_ELEMENT_STEPS"]
 
 CELL_DIMS = ("elr", "config", "seed")
 #: work per chunk (trajectories × n × d × steps) the default chunking aims at: about 1–5 s for a
@@ -43,50 +43,90 @@ MAX_CHUNK_CELLS = 1 << 20
 REGIME_WIDTH = max(len(s) for s in regimes.LABELS)
 REASON_WIDTH = 64
 
-#: test hook: called as ``hook(chunk_id, chunks_done)`` after each chunk is committed.
-_AFTER_CHUNK_HOOK = None
+# -- limits, checked before any work (docs/reliability.md) --------------------------------------------
+#: the most work one scan may ask for: cells x steps x n x d (doubled with the Lyapunov twin).
+#: 1e15 element-steps is about 50 days of a 2-core CPU at the measured 2.4e8 per second
+#: (docs/scans.md): a larger request is a typo, or a scan to split into several.
+MAX_ELEMENT_STEPS = 1e15
+#: the most (ELR, configuration) pairs: the theory's predictions are computed per pair in Python.
+MAX_ELR_CONFIG_PAIRS = 10**7
+#: the most chunks of a zarr store (each leaves one completion-marker file).
+MAX_STORE_CHUNKS = 10**6
+#: seeds are stored as int64.
+MAX_SEED = np.iinfo(np.int64).max
 
 
 # -- inputs ---------------------------------------------------------------------------------------
-def elr_grid(spec) -> np.ndarray:
+def elr_grid(spec, name: str = "elrs") -> np.ndarray:
     """ELRs from ``"a:b:N"`` (``N`` log-spaced values from ``a`` to ``b``, both included), a
-    comma list ``"0.1,0.2"``, or any sequence of positive numbers."""
+    comma list ``"0.1,0.2"``, or any sequence of distinct positive numbers; ``name`` is the
+    argument's name in error messages."""
+    return _elr_spec(spec, name)[1]()
+
+
+def _elr_spec(spec, name: str = "elrs"):
+    """``(count, build)``: the number of ELRs, known before the grid is allocated, and a function
+    that builds and checks it."""
     if isinstance(spec, str):
         text = spec.strip()
         if ":" in text:
             parts = text.split(":")
             if len(parts) != 3:
-                raise ValueError(f"elrs must look like 'start:stop:count', got {spec!r}")
+                raise ValueError(f"{name} must look like 'start:stop:count', got {spec!r}")
             try:
                 a, b, n = float(parts[0]), float(parts[1]), int(parts[2])
             except ValueError:
-                raise ValueError(f"elrs must look like 'start:stop:count' (two numbers and an "
+                raise ValueError(f"{name} must look like 'start:stop:count' (two numbers and an "
                                  f"integer), got {spec!r}") from None
-            a = positive_finite_array("elrs start", [a])[0]
-            b = positive_finite_array("elrs stop", [b])[0]
-            n = positive_int("elrs count", n)
-            return np.geomspace(a, b, n) if n > 1 else np.array([a])
+            a = positive_finite_array(f"{name} start", [a])[0]
+            b = positive_finite_array(f"{name} stop", [b])[0]
+            n = positive_int(f"{name} count", n)
+            if n > 1 and a == b:
+                raise ValueError(f"{name} must be distinct, got {spec!r}: start = stop gives "
+                                 f"{a!r} {n} times; use {parts[0]}:{parts[1]}:1")
+
+            def build():
+                grid = np.geomspace(a, b, n) if n > 1 else np.array([a])
+                distinct(name, grid)  # a range so narrow that float64 rounds neighbours together
+                return grid
+            return n, build
         try:
             spec = [float(t) for t in text.split(",") if t.strip()]
         except ValueError:
-            raise ValueError(f"elrs must be 'start:stop:count' or a comma list, got {spec!r}") from None
-    return positive_finite_array("elrs", np.atleast_1d(spec), ndim=1)
+            raise ValueError(f"{name} must be 'start:stop:count' or a comma list, got {spec!r}") from None
+    arr = positive_finite_array(name, np.atleast_1d(spec), ndim=1)
+    distinct(name, arr)
+    return arr.size, lambda: arr
 
 
-def _seeds(seeds) -> np.ndarray:
+def _seeds(seeds, name: str = "seeds") -> np.ndarray:
     """``N`` -> ``0..N-1``; a sequence of distinct non-negative integers as given."""
+    return _seed_spec(seeds, name)[1]()
+
+
+def _seed_spec(seeds, name: str = "seeds"):
+    """``(count, build)`` as `_elr_spec`: a count ``N`` is checked before ``0..N-1`` is allocated."""
     if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
-        return np.arange(positive_int("seeds", seeds), dtype=np.int64)
+        n = positive_int(f"{name} (a count)", seeds)
+        return n, lambda: np.arange(n, dtype=np.int64)
     if isinstance(seeds, str):
         seeds = [t for t in seeds.split(",") if t.strip()]
     try:
-        vals = [positive_int("seed", int(s) if not isinstance(s, float) else s, minimum=0)
+        vals = [positive_int(f"{name} entries", int(s) if not isinstance(s, float) else s, minimum=0)
                 for s in seeds]
-    except TypeError:
-        raise ValueError(f"seeds must be a count or a sequence of non-negative integers, got {seeds!r}") from None
-    if not vals or len(set(vals)) != len(vals):
-        raise ValueError(f"seeds must be a non-empty sequence of distinct integers, got {seeds!r}")
-    return np.asarray(vals, dtype=np.int64)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ValueError) and "must be an integer" in str(err):
+            raise
+        raise ValueError(f"{name} must be a count or a sequence of non-negative integers, "
+                         f"got {seeds!r}") from None
+    too_big = [v for v in vals if v > MAX_SEED]
+    if too_big:
+        raise ValueError(f"{name} entries must be integers in [0, {MAX_SEED}] (stored as int64), "
+                         f"got {too_big[0]}")
+    if not vals:
+        raise ValueError(f"{name} must be a non-empty sequence of distinct integers, got {seeds!r}")
+    distinct(name, vals)
+    return len(vals), lambda: np.asarray(vals, dtype=np.int64)
 
 
 def _is_alphas(x) -> bool:
@@ -111,11 +151,13 @@ def _configs(problem_or_alphas, dim) -> list:
 
 
 def _dtype(dtype) -> np.dtype:
+    # np.dtype(None) is float64, and a dtype compares equal to anything np.dtype() accepts: so
+    # compare names, and only of a real dtype
     try:
-        dt = np.dtype(dtype)
-    except TypeError:
+        dt = None if dtype is None else np.dtype(dtype)
+    except (TypeError, ValueError):
         dt = None
-    if dt not in (np.dtype(np.float64), np.dtype(np.float32)):
+    if dt is None or dt.name not in ("float64", "float32"):
         raise ValueError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
     return dt
 
@@ -189,6 +231,7 @@ class ScanPlan:
             "constraint": self.constraint, "dtype": self.dtype, "lyapunov": self.lyapunov,
             "backend": self.backend, "chunks": list(self.chunks), "radius": 1.0,
             "conv_rtol": regimes.CONV_RTOL, "div_frac": regimes.DIV_FRAC,
+            "min_tail_rotation": regimes.MIN_TAIL_ROTATION,
         }
 
     def digest(self) -> str:
@@ -204,8 +247,12 @@ class ScanPlan:
                    regime=np.dtype(f"<U{REGIME_WIDTH}"), regime_reason=np.dtype(f"<U{REASON_WIDTH}"))
         return out
 
+    def bytes_per_cell(self) -> int:
+        """Memory of one cell's results (all per-cell variables)."""
+        return int(sum(dt.itemsize for dt in self.cell_vars().values()))
 
-def plan_chunks(shape, work_per_cell, chunk_size=None) -> tuple:
+
+def plan_chunks(shape, work_per_cell, chunk_size=None, name: str = "chunk_size") -> tuple:
     """Chunk shape ``(ce, cc, cs)`` for a grid ``shape`` = (ELRs, configs, seeds).
 
     Rule: ``cells = TARGET_ELEMENT_STEPS / work_per_cell`` (work = n·d·steps, doubled with the
@@ -215,12 +262,12 @@ def plan_chunks(shape, work_per_cell, chunk_size=None) -> tuple:
     E, C, S = shape
     if isinstance(chunk_size, (tuple, list)):
         if len(chunk_size) != 3:
-            raise ValueError(f"chunk_size must be an int or (elr, config, seed) sizes, got {chunk_size!r}")
-        return tuple(min(positive_int("chunk_size entry", c), n) for c, n in zip(chunk_size, shape))
+            raise ValueError(f"{name} must be an int or (elr, config, seed) sizes, got {chunk_size!r}")
+        return tuple(min(positive_int(f"{name} entry", c), n) for c, n in zip(chunk_size, shape))
     if chunk_size is None:
         cells = int(np.clip(TARGET_ELEMENT_STEPS // max(work_per_cell, 1), 1, MAX_CHUNK_CELLS))
     else:
-        cells = positive_int("chunk_size", chunk_size)
+        cells = positive_int(name, chunk_size)
     cs = min(S, cells)
     ce = min(E, max(1, cells // cs))
     cc = min(C, max(1, cells // (cs * ce)))
@@ -228,26 +275,98 @@ def plan_chunks(shape, work_per_cell, chunk_size=None) -> tuple:
 
 
 def _plan(problem_or_alphas, elrs, seeds, steps, tail, constraint, backend, dtype, lyapunov,
-          chunk_size, dim) -> ScanPlan:
+          chunk_size, dim, *, names=None, defaults=()) -> ScanPlan:
+    """Validate every argument and check the work against the limits, all before allocating
+    the grid. ``names`` maps an argument to its name in messages (the CLI's ``--tail``);
+    ``defaults`` lists the arguments the user left at their default (a message then says so)."""
     from .backend import BACKENDS
-    configs = tuple(_configs(problem_or_alphas, dim))
-    elrs = elr_grid(elrs)
-    seeds = _seeds(seeds)
-    steps = positive_int("steps", steps)
-    tail = positive_int("tail", tail)
+    name = (names or {}).get
+
+    def label(key):
+        return name(key, key)
+
+    configs = tuple(_configs(problem_or_alphas, positive_int(label("dim"), dim)))
+    steps = positive_int(label("steps"), steps)
+    tail = positive_int(label("tail"), tail)
     if tail > steps:
-        raise ValueError(f"tail must be in [1, steps={steps}], got {tail}")
+        why = (f", the default of {label('tail')}: pass {label('tail')} with a value up to {steps}"
+               if "tail" in defaults else "")
+        raise ValueError(f"{label('tail')} must be in [1, {label('steps')}={steps}], got {tail}{why}")
+    n_elrs, make_elrs = _elr_spec(elrs, label("elrs"))
+    n_seeds, make_seeds = _seed_spec(seeds, label("seeds"))
     constraint = constraint_name(constraint)
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise ValueError(f"{label('backend')} must be one of {BACKENDS}, got {backend!r}")
     dt = _dtype(dtype)
     if not isinstance(lyapunov, (bool, np.bool_)):
         raise ValueError(f"lyapunov must be True or False, got {lyapunov!r}")
-    work = max(p.n_groups * p.dim for p in configs) * steps * (2 if lyapunov else 1)
-    chunks = plan_chunks((elrs.size, len(configs), seeds.size), work, chunk_size)
+    twin = 2 if lyapunov else 1
+    _check_work(n_elrs, configs, n_seeds, steps, twin, label)
+    elrs, seeds = make_elrs(), make_seeds()
+    work = max(p.n_groups * p.dim for p in configs) * steps * twin
+    chunks = plan_chunks((elrs.size, len(configs), seeds.size), work, chunk_size, label("chunk_size"))
     return ScanPlan(configs=configs, elrs=elrs, seeds=seeds, steps=steps, tail=tail,
                     constraint=constraint, dtype=dt.name, lyapunov=bool(lyapunov),
                     backend=backend, chunks=chunks)
+
+
+def _check_work(n_elrs, configs, n_seeds, steps, twin, label) -> None:
+    """Refuse a scan beyond `MAX_ELEMENT_STEPS` or `MAX_ELR_CONFIG_PAIRS`, naming what it needs."""
+    per_elr_seed = sum(p.n_groups * p.dim for p in configs) * steps * twin
+    work = float(n_elrs) * float(n_seeds) * per_elr_seed
+    if work > MAX_ELEMENT_STEPS:
+        cells = float(n_elrs) * len(configs) * n_seeds
+        raise ValueError(
+            f"this scan needs {work:.3g} element-steps ({cells:.3g} cells x {steps} steps x n x d"
+            f"{' x 2 for the Lyapunov twin' if twin == 2 else ''}), over the limit "
+            f"{MAX_ELEMENT_STEPS:.0e} (about {MAX_ELEMENT_STEPS / 2.4e8 / 86400:.0f} days of a "
+            f"2-core CPU); scan fewer {label('elrs')}, {label('seeds')} or {label('steps')}, or "
+            f"split the scan")
+    pairs = float(n_elrs) * len(configs)
+    if pairs > MAX_ELR_CONFIG_PAIRS:
+        raise ValueError(f"this scan has {pairs:.3g} (ELR, configuration) pairs, over the limit "
+                         f"{MAX_ELR_CONFIG_PAIRS:.0e} (the theory's predictions are computed per pair); "
+                         f"scan fewer {label('elrs')} or split the scan")
+
+
+def _machine_memory() -> int | None:
+    """Physical memory in bytes (``None`` where the system does not say)."""
+    import os
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gb(x) -> str:
+    return f"{x / 1e9:.3g} GB"
+
+
+def _check_memory(plan: ScanPlan, in_memory: bool, label=lambda k: k, store_hint="store='NAME.zarr'") -> None:
+    """Refuse a scan whose result (in memory) or chunk (always) needs more memory than the
+    machine has, and a store of more than `MAX_STORE_CHUNKS` chunks."""
+    mem = _machine_memory()
+    per_cell = plan.bytes_per_cell()
+    if in_memory and mem is not None:
+        need = plan.n_cells * per_cell + plan.elrs.size * len(plan.configs) * (REGIME_WIDTH * 4 + 8)
+        if need > mem:
+            raise ValueError(
+                f"the result would need {_gb(need)} in memory ({plan.n_cells:.3g} cells x {per_cell} B), "
+                f"more than this machine's {_gb(mem)}; write it to a zarr store ({store_hint}: memory "
+                f"is then per chunk) or scan fewer cells")
+    if mem is not None:
+        n, d = (max(p.n_groups for p in plan.configs), max(p.dim for p in plan.configs))
+        # a chunk holds its results and, while it runs, a few (n, d) states per trajectory
+        cells = int(np.prod(plan.chunks))
+        need = cells * (per_cell + 8 * n * d * 4 * (2 if plan.lyapunov else 1))
+        if need > mem:
+            raise ValueError(f"a chunk of {cells} cells would need {_gb(need)}, more than this "
+                             f"machine's {_gb(mem)}; pass a smaller {label('chunk_size')}")
+    if not in_memory and plan.n_chunks > MAX_STORE_CHUNKS:
+        least = -(-plan.n_cells // MAX_STORE_CHUNKS)
+        raise ValueError(f"the store would hold {plan.n_chunks} chunks, over the limit "
+                         f"{MAX_STORE_CHUNKS:.0e} (one completion marker file each); pass a "
+                         f"{label('chunk_size')} of at least {least} cells")
 
 
 # -- one chunk: the pure function every executor runs ------------------------------------------------
@@ -317,7 +436,8 @@ def compute_chunk(task: ChunkTask) -> dict:
             out[name][:, members, :] = vals.astype(out[name].dtype, copy=False)
     rand = np.array([p.random_loss() for p in task.configs])[None, :, None]
     labels, reasons = regimes.classify_summary(out["tail_loss"], rand,
-                                               invalid_reason=dynamics.status_reasons(out["status"]))
+                                               invalid_reason=dynamics.status_reasons(out["status"]),
+                                               tail_angle=out["tail_angle"], tail_steps=task.tail)
     out["regime"] = labels.astype(f"<U{REGIME_WIDTH}")
     out["regime_reason"] = np.array([r[:REASON_WIDTH] for r in reasons.ravel()],
                                     dtype=f"<U{REASON_WIDTH}").reshape(reasons.shape)
@@ -377,6 +497,7 @@ def _attrs(plan: ScanPlan) -> dict:
         "radius": 1.0,
         "problems": json.dumps([_problem_record(p) for p in plan.configs]),
         "classifier": json.dumps({"conv_rtol": regimes.CONV_RTOL, "div_frac": regimes.DIV_FRAC,
+                                  "min_tail_rotation": regimes.MIN_TAIL_ROTATION,
                                   "random_level": "problem.random_loss()"}),
         "chunks": json.dumps(list(plan.chunks)),
         "plan_hash": plan.digest(),
@@ -410,7 +531,7 @@ def template(plan: ScanPlan, lazy: bool = True):
 # -- the public entry point ---------------------------------------------------------------------------
 def scan(problem_or_alphas, elrs, seeds=4, steps=20000, tail=2000, constraint="total",
          backend="auto", dtype="float64", store=None, lyapunov=False, client=None,
-         chunk_size=None, progress_bar=True, dim=2):
+         chunk_size=None, progress_bar=True, dim=2, *, _after_chunk=None, _after_write=None):
     r"""Run every cell of the grid ELR × configuration × seed and return an ``xarray.Dataset``.
 
     Parameters
@@ -435,7 +556,9 @@ def scan(problem_or_alphas, elrs, seeds=4, steps=20000, tail=2000, constraint="t
     store
         Path of a zarr store (``"scan.zarr"``): chunks are written as they finish and the same
         call resumes an interrupted scan (see `toymodel._store`); a store made with other
-        parameters raises ``ValueError``. The returned dataset then reads lazily from the store.
+        parameters, or being written by another live process, raises ``ValueError``; a finished
+        chunk whose files no longer match its completion marker (deleted, truncated, altered) is
+        recomputed, with a ``RepairWarning``. The returned dataset then reads lazily from the store.
     lyapunov
         Also estimate the largest Lyapunov exponent (a twin trajectory per cell).
     client
@@ -445,7 +568,11 @@ def scan(problem_or_alphas, elrs, seeds=4, steps=20000, tail=2000, constraint="t
         Cells per chunk (int) or ``(elr, config, seed)`` sizes; default from the work
         per cell (`plan_chunks`).
     progress_bar
-        Show cells done / total.
+        Show cells done / total (a resumed scan starts at the cells already done).
+
+    Bad input, and a scan beyond the limits (`MAX_ELEMENT_STEPS`, the machine's memory for an
+    in-memory result or for one chunk, `MAX_STORE_CHUNKS`), raise ``ValueError`` before any work,
+    with the number the scan would need (docs/reliability.md).
 
     Returns
     -------
@@ -458,34 +585,89 @@ def scan(problem_or_alphas, elrs, seeds=4, steps=20000, tail=2000, constraint="t
     """
     plan = _plan(problem_or_alphas, elrs, seeds, steps, tail, constraint, backend, dtype,
                  lyapunov, chunk_size, dim)
-    if store is None:
-        ds = template(plan, lazy=False)
-        sink = _MemorySink(ds, plan)
-        todo = list(range(plan.n_chunks))
-    else:
-        from ._store import ScanStore
-        sink = ScanStore.open_or_create(store, plan, lambda: template(plan, lazy=True))
-        done = sink.done_chunks()
-        todo = [c for c in range(plan.n_chunks) if c not in done]
+    return _run(plan, store=store, client=client, progress_bar=progress_bar,
+                after_chunk=_after_chunk, after_write=_after_write)
+
+
+def _run(plan, store=None, client=None, progress_bar=True, after_chunk=None, after_write=None,
+         names=None):
+    """Run a validated plan: check its memory, connect to the cluster, open (and check) the store,
+    compute the chunks not yet done, finish. Everything that can be refused is refused before the
+    first chunk is computed.
+
+    ``after_chunk(chunk_id, chunks_done)`` is called after each chunk is committed and
+    ``after_write(chunk_id, variable)`` after each variable of a chunk is written to the store:
+    the fault-injection tests stop or kill the process there. ``names`` as in `_plan`.
+    """
+    def label(key):
+        return (names or {}).get(key, key)
+
+    _check_memory(plan, in_memory=store is None, label=label,
+                  store_hint=(names or {}).get("store", "store='NAME.zarr'"))
+    owned = False
+    if client is not None:  # connect first: an unreachable scheduler is refused before any work
+        from .distributed import connect
+        client, owned = connect(client)
+    try:
+        if store is None:
+            sink = _MemorySink(template(plan, lazy=False), plan)
+            todo = list(range(plan.n_chunks))
+        else:
+            from ._store import ScanStore
+            sink = ScanStore.open_or_create(store, plan, lambda: template(plan, lazy=True),
+                                            on_write=after_write)
+        try:
+            if store is not None:
+                todo = _trusted_todo(sink, plan)
+            return _compute(plan, sink, todo, client, progress_bar, after_chunk)
+        finally:
+            sink.close()
+    finally:
+        if owned:
+            client.close()
+
+
+def _trusted_todo(sink, plan) -> list:
+    """The chunks to compute: those without a marker, and those whose files no longer match it
+    (deleted, truncated, altered), which are discarded first with a `RepairWarning`."""
+    import warnings
+
+    from ._store import RepairWarning, describe_damage
+
+    done, damage = sink.check(full=True)
+    if damage:
+        warnings.warn(RepairWarning(f"{sink.path}: {describe_damage(damage)}; recomputing "
+                                    f"{'it' if len(damage) == 1 else f'these {len(damage)} chunks'}"),
+                      stacklevel=3)
+        sink.discard([c for c, _ in damage])
+    todo = [c for c in range(plan.n_chunks) if c not in done]
+    if todo:
+        sink.mark_incomplete()
+    return todo
+
+
+def _compute(plan, sink, todo, client, progress_bar, after_chunk):
+    """Compute ``todo`` (in process or on ``client``), committing each chunk to ``sink``."""
     done_cells = plan.n_cells - sum(_cells(plan, c) for c in todo)
-    with progress(total=plan.n_cells, desc="scan cells", disable=not progress_bar) as bar:
-        if done_cells:
-            bar.update(done_cells)
+    # the bar starts at the cells already done; its rate (and ETA) counts the new work only
+    with progress(total=plan.n_cells, desc="scan cells", disable=not progress_bar,
+                  initial=done_cells) as bar:
         counter = [plan.n_chunks - len(todo)]
 
         def commit(chunk_id, result):
             sink.write(chunk_id, plan.region(chunk_id), result)
             bar.update(_cells(plan, chunk_id))
             counter[0] += 1
-            if _AFTER_CHUNK_HOOK is not None:
-                _AFTER_CHUNK_HOOK(chunk_id, counter[0])
+            if after_chunk is not None:
+                after_chunk(chunk_id, counter[0])
 
+        tasks = ((c, plan.task(c)) for c in todo)
         if client is None:
-            for c in todo:
-                commit(c, compute_chunk(plan.task(c)))
+            for c, task in tasks:
+                commit(c, compute_chunk(task))
         else:
             from .distributed import run_chunks
-            run_chunks(client, plan, todo, commit)
+            run_chunks(client, compute_chunk, tasks, commit)
     return sink.finish()
 
 
@@ -508,32 +690,66 @@ class _MemorySink:
         self.ds.attrs["backend"] = ",".join(sorted(self.backends))
         return self.ds
 
+    def close(self):
+        pass
+
 
 # -- comparing labels with the theory -------------------------------------------------------------------
-def agreement(ds, window: float = 0.0, by_config: bool = False):
-    r"""Fraction of cells whose observed ``regime`` equals ``predicted_regime``.
+class Agreement(float):
+    """The fraction `agreement` returns (a ``float``), with the counts behind it: ``compared``
+    cells, and the cells left out: ``unresolved``, ``invalid`` and ``in_window``."""
 
-    Cells within the relative ``window`` of the convergence boundary, where convergence is slow
-    and a finite run cannot decide, are left out: $|\tilde\eta/\tilde\eta_c-1|\le$ ``window``
-    with $\tilde\eta_c=1/\sum\alpha_i$ under the total constraint (T12) and
-    $1/(n\max\alpha_i)$, the first step of the staircase, under the individual one (§3).
-    Invalid cells count as disagreements. Returns a float, or a DataArray over ``config`` with
-    ``by_config=True``.
+    def __new__(cls, value, compared=0, unresolved=0, invalid=0, in_window=0):
+        obj = super().__new__(cls, value)
+        obj.compared, obj.unresolved, obj.invalid, obj.in_window = compared, unresolved, invalid, in_window
+        return obj
+
+    @property
+    def left_out(self) -> int:
+        return self.unresolved + self.invalid + self.in_window
+
+    def __repr__(self):
+        return (f"Agreement({float(self):.6g}, compared={self.compared}, unresolved={self.unresolved}, "
+                f"invalid={self.invalid}, in_window={self.in_window})")
+
+
+def agreement(ds, window: float = 0.0, by_config: bool = False):
+    r"""Fraction of the judged cells whose observed ``regime`` equals ``predicted_regime``.
+
+    Left out, and counted: cells labelled ``"unresolved"`` (they moved too little over the tail
+    for the classifier to judge, `toymodel.regimes.classify_summary`) or ``"invalid"`` (the
+    kernel could not compute them), and cells within the relative ``window`` of the convergence
+    boundary, where convergence is slow and a finite run cannot decide:
+    $|\tilde\eta/\tilde\eta_c-1|\le$ ``window`` with $\tilde\eta_c=1/\sum\alpha_i$ under the total
+    constraint (T12) and $1/(n\max\alpha_i)$, the first step of the staircase, under the individual
+    one (§3). Returns an `Agreement` (a float with the counts ``compared``, ``unresolved``,
+    ``invalid``, ``in_window``), or with ``by_config=True`` a DataArray over ``config`` with
+    those counts as coordinates (NaN where no cell is compared).
     """
     window = float(window)
     if not (0.0 <= window < 1.0):
         raise ValueError(f"window must be in [0, 1), got {window!r}")
-    match = ds["regime"] == ds["predicted_regime"]
-    keep = abs(ds["elr"] / convergence_boundary(ds) - 1.0) > window
-    keep = keep.broadcast_like(match)
-    num = (match & keep).sum(("elr", "seed"))
-    den = keep.sum(("elr", "seed"))
+    regime = ds["regime"]
+    match = regime == ds["predicted_regime"]
+    unresolved = regime == regimes.UNRESOLVED
+    invalid = regime == regimes.INVALID
+    near = (abs(ds["elr"] / convergence_boundary(ds) - 1.0) <= window).broadcast_like(match)
+    keep = ~unresolved & ~invalid & ~near
+    cell = ("elr", "seed")
+    num = (match & keep).sum(cell)
+    den = keep.sum(cell)
+    counts = {"compared": den, "unresolved": (unresolved & ~near).sum(cell),
+              "invalid": (invalid & ~near & ~unresolved).sum(cell), "in_window": near.sum(cell)}
     if by_config:
-        return num / den
+        frac = (num / den.where(den > 0))
+        return frac.assign_coords({k: v.astype(np.int64) for k, v in counts.items()})
     total = int(den.sum())
+    totals = {k: int(v.sum()) for k, v in counts.items()}
     if total == 0:
-        raise ValueError(f"window={window} leaves no cell to compare")
-    return float(num.sum()) / total
+        raise ValueError(f"no cell left to compare (window={window}: {totals['in_window']} cells "
+                         f"within the window, {totals['unresolved']} unresolved, "
+                         f"{totals['invalid']} invalid)")
+    return Agreement(float(num.sum()) / total, **totals)
 
 
 def convergence_boundary(ds):
@@ -546,15 +762,45 @@ def convergence_boundary(ds):
 
 def open_scan(path, allow_incomplete: bool = False):
     """Open a scan store written by `scan` (lazy ``xarray.Dataset``); an unfinished store
-    raises ``ValueError`` unless ``allow_incomplete``."""
+    raises ``ValueError`` unless ``allow_incomplete``, and a damaged one (a chunk file missing or
+    of the wrong size) raises ``ValueError`` naming the chunks, whatever ``allow_incomplete``:
+    re-running the scan recomputes them."""
     from ._store import open_store
     return open_store(path, allow_incomplete=allow_incomplete)
 
 
+def verify_scan(path) -> dict:
+    """Check every finished chunk of a scan store against the size and sha256 its completion
+    marker records: ``{"path", "n_chunks", "done", "damage"}``, ``damage`` a list of
+    ``(chunk_id, what)`` (empty for an intact store)."""
+    from ._store import verify_store
+    return verify_store(path)
+
+
 # -- the phase-diagram figure ---------------------------------------------------------------------------
-_REGIME_Y = {"convergence": 0, "chaotic_equilibrium": 1, "divergence": 2, regimes.INVALID: 3}
+_REGIME_Y = {"convergence": 0, "chaotic_equilibrium": 1, "divergence": 2, regimes.UNRESOLVED: 3,
+             regimes.INVALID: 4}
 _REGIME_COLOR = {"convergence": "tab:blue", "chaotic_equilibrium": "tab:orange",
-                 "divergence": "tab:red", regimes.INVALID: "black"}
+                 "divergence": "tab:red", regimes.UNRESOLVED: "tab:gray", regimes.INVALID: "black"}
+#: the most pixels a phase-diagram image may have (`figure_pixels`).
+MAX_PIXELS = 10**8
+
+
+def _figure_size(n_configs: int) -> tuple:
+    """Inches of the phase diagram: one 5.2 x 6.4 column per configuration."""
+    return (5.2 * n_configs, 6.4)
+
+
+def figure_pixels(n_configs: int, dpi, name: str = "dpi") -> tuple:
+    """``(width, height)`` in pixels of `plot_scan` for ``n_configs`` columns saved at ``dpi``;
+    ``ValueError`` beyond `MAX_PIXELS` or for a non-positive ``dpi``."""
+    dpi = positive_int(name, dpi)
+    w, h = (round(x * dpi) for x in _figure_size(n_configs))
+    if w * h > MAX_PIXELS:
+        best = int((MAX_PIXELS / np.prod(_figure_size(n_configs))) ** 0.5)
+        raise ValueError(f"{name} {dpi} would draw a {w} x {h} pixel image ({w * h:.3g} pixels, over "
+                         f"the limit {MAX_PIXELS:.0e}); use {name} {best} or less")
+    return w, h
 
 
 def plot_scan(ds, configs=None):
@@ -571,7 +817,7 @@ def plot_scan(ds, configs=None):
     for j in configs:
         if not (isinstance(j, numbers.Integral) and 0 <= j < ds.sizes["config"]):
             raise ValueError(f"configs must be indices in [0, {ds.sizes['config'] - 1}], got {j!r}")
-    fig, axes = plt.subplots(2, len(configs), figsize=(5.2 * len(configs), 6.4), squeeze=False,
+    fig, axes = plt.subplots(2, len(configs), figsize=_figure_size(len(configs)), squeeze=False,
                              sharex="col", gridspec_kw={"height_ratios": [3, 2]})
     elr = ds["elr"].values
     for col, j in enumerate(configs):
@@ -609,8 +855,9 @@ def plot_scan(ds, configs=None):
                       f"alphas={np.array2string(alphas, precision=3, separator=',')}", fontsize=9)
         top.set_ylabel("tail loss / random level")
         top.set_ylim(-0.03, 1.1)
-        bot.set_yticks(list(_REGIME_Y.values()), ["convergence", "equilibrium", "divergence", "invalid"])
-        bot.set_ylim(-0.5, 3.5)
+        bot.set_yticks(list(_REGIME_Y.values()),
+                       ["convergence", "equilibrium", "divergence", "unresolved", "invalid"])
+        bot.set_ylim(-0.5, 4.5)
         bot.set_xlabel(r"ELR $\tilde\eta$")
         if col == 0:
             top.legend(fontsize=7, loc="upper left")
