@@ -24,9 +24,9 @@ STYLE = Path(__file__).with_name("toymodel.mplstyle")
 
 #: one colour per regime label, used for shading and for categorical maps.
 REGIME_COLORS = {"convergence": "#7fbf7b", "chaotic_equilibrium": "#fdb863",
-                 "divergence": "#e08080", "invalid": "#bbbbbb"}
+                 "divergence": "#e08080", "invalid": "#bbbbbb", "unresolved": "#9ecae1"}
 REGIME_TITLES = {"convergence": "convergence", "chaotic_equilibrium": "chaotic equilibrium",
-                 "divergence": "divergence", "invalid": "invalid"}
+                 "divergence": "divergence", "invalid": "invalid", "unresolved": "unresolved"}
 #: integer codes for saving labels in .npz files (index into this tuple).
 REGIME_CODES = regimes.LABELS
 ENGINES = ("auto", "scan", "direct")

@@ -47,7 +47,24 @@ def missing_requirements(name):
     return [pkg for pkg in needs if importlib.util.find_spec(pkg) is None]
 
 
+def check_folder(option, path):
+    """Refuse an output folder that is a file, or sits under one, before any figure runs."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a file, not a folder; give a folder name")
+    parent = p
+    while not parent.exists():  # the first existing ancestor is where mkdir will start
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{option} {str(path)!r} lies under the file {str(parent)!r}")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{option} {str(path)!r}: {str(parent)!r} is not writable")
+
+
 def _cmd_figures(args) -> int:
+    check_folder("--out", args.out)
+    if args.gallery:
+        check_folder("--gallery", args.gallery)
     os.environ.setdefault("MPLBACKEND", "Agg")
     from . import backend as _backend
     from ._progress import progress

@@ -27,7 +27,13 @@ import numpy as np
 
 from . import sphere
 from ._progress import progress
-from ._validate import constraint_name, positive_finite, positive_finite_array, positive_int
+from ._validate import (
+    check_memory,
+    constraint_name,
+    positive_finite,
+    positive_finite_array,
+    positive_int,
+)
 from .problems import RayleighToy, SphereToy, as_problem, toy_grad, toy_group_losses
 
 #: status codes written by every backend; 0 means the cell is valid.
@@ -51,6 +57,20 @@ def status_reasons(status) -> np.ndarray:
 #: names of the per-trajectory summaries, in the order kernels write them.
 SUMMARY_NAMES = ("tail_loss", "tail_loss_std", "final_loss", "min_share", "frac_above_threshold",
                  "tail_grad_norm", "tail_angle", "lyapunov")
+
+
+#: float64 arrays of the state's shape ``(n, d)`` alive at once in `simulate` (state, gradient,
+#: update, rescaled update, the temporaries of the norms); the up-front memory estimate uses it.
+_STATE_COPIES = 6
+def _bytes_per_record(n: int) -> int:
+    """Bytes `simulate` records per kept step: three scalar and three per-group float64 traces."""
+    return 8 * (3 + 3 * n)
+
+
+def simulate_bytes(n_groups: int, dim: int, steps: int, record_every: int = 1) -> int:
+    """Estimated peak memory of `simulate`: the traces plus a few copies of the state."""
+    n_rec = (steps + record_every - 1) // record_every
+    return n_rec * _bytes_per_record(n_groups) + _STATE_COPIES * 8 * n_groups * dim
 
 
 # -- initial states -------------------------------------------------------------------------------
@@ -86,6 +106,9 @@ def initial_state(problem, seed: int = 0, constraint: str = "total", radius: flo
     the constraint set. Depends on ``seed`` and the problem's shape only, so every ELR of a scan
     and every backend starts from the same point."""
     problem = as_problem(problem)
+    check_memory(2 * 8 * problem.n_groups * problem.dim,
+                 f"an initial state of {problem.n_groups} x {problem.dim} float64",
+                 "lower the dimension")
     z = np.random.default_rng(seed).standard_normal((problem.n_groups, problem.dim))
     return project(z, constraint, radius, shares)
 
@@ -176,14 +199,18 @@ class Trajectory:
                          for k, v in self.params.items()})
         return ds
 
-    def save(self, path) -> None:
-        """Save traces and parameters: ``.npz`` (params as JSON) or ``.nc`` (NetCDF via xarray)."""
+    def save(self, path) -> str:
+        """Save traces and parameters: ``.npz`` (params as JSON) or ``.nc`` (NetCDF via xarray).
+
+        Returns the path written: NumPy appends ``.npz`` to any other name, and the caller
+        should report that path, not the one it asked for."""
         path = str(path)
         if path.endswith(".nc"):
             self.to_dataset().to_netcdf(path)
-            return
+            return path
         np.savez_compressed(path, **{n: getattr(self, n) for n in self.TRACES}, step=self.step,
                             theta_final=self.theta_final, params=json.dumps(self.params))
+        return path if path.endswith(".npz") else path + ".npz"
 
     @classmethod
     def load(cls, path) -> "Trajectory":
@@ -244,6 +271,11 @@ def simulate(problem, elr, steps, theta0=None, seed=0, constraint="total", radiu
     shares = validate_shares(shares, problem.n_groups)
     if shares is not None and constraint == "total":
         raise ValueError("shares fixes the group norms and applies to constraint='individual' only")
+    # refuse up front what cannot fit, instead of a MemoryError after minutes (or at the start)
+    check_memory(simulate_bytes(problem.n_groups, problem.dim, steps, record_every),
+                 f"simulate with {steps} steps recorded every {record_every} "
+                 f"({problem.n_groups} groups x dim {problem.dim})",
+                 "raise record_every, or lower steps or the dimension")
     if theta0 is None:
         theta = initial_state(problem, seed, constraint, radius, shares)
     else:

@@ -4,9 +4,26 @@ The classifier never consults `toymodel.theory`: it judges the tail of a run aga
 run's *random level* $L_{rand}$ (the loss of a scrambled direction: ``problem.random_loss()``
 for a toy, the loss at initialisation for a network). With tail-mean loss $\bar L$:
 
-* ``"invalid"``: the run produced non-finite numbers (the reason says which);
+* ``"invalid"``: the run produced non-finite numbers, a negative tail loss (below
+  $-$``conv_rtol``$\cdot L_{rand}$; a scale-invariant toy's loss is $\ge0$, so this is a
+  bug in the caller, not a regime) or a random level that is not positive and finite; the reason
+  says which;
 * ``"convergence"``: $\bar L\le$ ``conv_rtol`` $\cdot L_{rand}$ (default 1e-3): the loss
   went to (numerical) zero, the effective gradient with it;
+* ``"unresolved"``: the run has not settled, so no regime can be read off it (the reason says
+  why and what to do). Two rules, both applied only to runs that did not converge:
+
+  - *too little motion*: in the equilibrium and divergence regimes the direction turns by a
+    macroscopic angle every step (T6, T12: $\arctan\sqrt{c^2-1}$ per step at the equilibrium).
+    A run whose tail turned by less than ``MIN_TAIL_ROTATION`` (1 rad) in all, i.e. mean angle per
+    step $\times$ tail steps $<1$, is still on its way from the start: typically a tiny ELR, or
+    too few steps. `classify_summary` applies it when given ``tail_angle`` and ``tail_steps``;
+    `classify` and `explain` when the run records an ``angle`` trace (a toy `Trajectory`);
+  - *still trending* (`classify` and `explain`, from the loss trace): split the tail into
+    quarters with means $m_1..m_4$; if $|m_4-m_1|>$ ``TREND_RTOL`` $\cdot\bar L$ (5%) and
+    $|m_4-m_1|>$ ``TREND_NSIGMA`` (3) times the smaller of the first and last quarters' standard
+    deviations (the fluctuation level at either end of the tail), the loss is still falling
+    or rising through the tail. Needs a tail of at least 8 records.
 * ``"divergence"``: $\bar L\ge$ ``div_frac`` $\cdot L_{rand}$ (default 0.9): the
   optimiser learns nothing; every step turns the weights by a large angle and scrambles them;
 * ``"chaotic_equilibrium"``: anything in between: a loss plateau strictly between zero and random.
@@ -14,7 +31,8 @@ for a toy, the loss at initialisation for a network). With tail-mean loss $\bar 
 Why these criteria: the loss is the one observable every setting has (toy, scan summaries,
 networks); the effective gradient and the angle per step are reported next to the label but they
 grow smoothly through the equilibrium (in the toy $\tan\Delta=\sqrt{c^2-1}$ already reaches
-82° at $\tilde\eta=1/\min\alpha$ for α = (1, 2, 4)), so they draw no sharper line.
+82° at $\tilde\eta=1/\min\alpha$ for α = (1, 2, 4)), so they draw no sharper line; the angle
+serves only to tell "not settled yet" from a regime.
 The convergence boundary $1/\sum\alpha_i$ is sharp and the labels agree with
 `toymodel.theory.predict_regime` away from it; the equilibrium→divergence passage near
 $1/\min\alpha_i$ is smooth in the toy, and there the labels and the prediction disagree in a
@@ -26,9 +44,19 @@ import numpy as np
 
 REGIMES = ("convergence", "chaotic_equilibrium", "divergence")
 INVALID = "invalid"
-LABELS = REGIMES + (INVALID,)
+UNRESOLVED = "unresolved"
+#: every label; the order is fixed (saved figures index into it), new labels go at the end.
+LABELS = REGIMES + (INVALID, UNRESOLVED)
 CONV_RTOL = 1e-3
 DIV_FRAC = 0.9
+#: radians: a non-converged run whose tail turned by less than this in all has not settled.
+MIN_TAIL_ROTATION = 1.0
+#: a tail whose last-quarter mean differs from its first-quarter mean by more than this fraction
+#: of the tail mean (and by more than ``TREND_NSIGMA`` fluctuations) is still trending.
+TREND_RTOL = 0.05
+TREND_NSIGMA = 3.0
+#: the shortest tail (records) on which the trend rule is applied: quarters of two records.
+TREND_MIN_TAIL = 8
 
 
 def _check_criteria(conv_rtol, div_frac):
@@ -37,31 +65,128 @@ def _check_criteria(conv_rtol, div_frac):
                          f"div_frac={div_frac!r}")
 
 
-def classify_summary(tail_loss, random_loss, *, invalid_reason=None, conv_rtol=CONV_RTOL,
-                     div_frac=DIV_FRAC):
+def _where(mask):
+    """Index tuples of the true cells of ``mask`` (0-d included)."""
+    return [tuple(i) for i in np.argwhere(mask)]
+
+
+def _motion_reason(angle):
+    # at most 63 characters, so the scan's fixed-width reason field never cuts it
+    deg = float(np.degrees(angle))
+    shown = f"{deg:.2g}" if deg >= 1e-3 or deg == 0 else "<0.001"
+    return f"moved {shown}° per step in the tail; run longer or raise the ELR"
+
+
+def classify_summary(tail_loss, random_loss, *, invalid_reason=None, tail_angle=None,
+                     tail_steps=None, conv_rtol=CONV_RTOL, div_frac=DIV_FRAC):
     """Vectorised classifier on summaries: returns ``(labels, reasons)`` string arrays.
 
     ``tail_loss`` and ``random_loss`` broadcast; ``invalid_reason`` (same shape, ``""`` where
     valid) marks cells a kernel could not compute. A NaN tail loss without a reason is invalid with
-    reason ``"non-finite tail loss"``; a NaN never reaches a regime label.
+    reason ``"non-finite tail loss"``; a NaN never reaches a regime label. A tail loss below
+    ``-conv_rtol`` times the random level, or a random level that is not positive and finite, is
+    invalid too (rounding may leave a converged loss a hair below zero; more is a bug).
+
+    ``tail_angle`` (the mean angle per step over the tail, radians, broadcast like ``tail_loss``)
+    and ``tail_steps`` (the number of steps in the tail, an int) are given together or not at all;
+    with them, a valid cell that did not converge and turned by less than `MIN_TAIL_ROTATION`
+    over the tail is ``"unresolved"`` (module docstring).
     """
     _check_criteria(conv_rtol, div_frac)
+    if (tail_angle is None) != (tail_steps is None):
+        raise ValueError("give tail_angle and tail_steps together (the rotation over the tail is "
+                         f"their product), got tail_angle={tail_angle!r}, tail_steps={tail_steps!r}")
     loss = np.asarray(tail_loss, dtype=np.float64)
-    rand = np.broadcast_to(np.asarray(random_loss, dtype=np.float64), loss.shape)
-    ratio = loss / rand
+    rand = np.asarray(random_loss, dtype=np.float64)
+    loss, rand = np.broadcast_arrays(loss, rand)
+    with np.errstate(all="ignore"):
+        ratio = loss / rand
     labels = np.where(ratio <= conv_rtol, "convergence",
                       np.where(ratio >= div_frac, "divergence", "chaotic_equilibrium")).astype("<U19")
-    reasons = np.empty(loss.shape, dtype=object)
-    reasons[...] = ""
-    bad = ~np.isfinite(ratio)
+    reasons = np.full(loss.shape, "", dtype=object)
+    if tail_angle is not None:
+        if isinstance(tail_steps, bool) or not isinstance(tail_steps, (int, np.integer)) or tail_steps < 1:
+            raise ValueError(f"tail_steps must be an integer >= 1, got {tail_steps!r}")
+        angle = np.broadcast_to(np.asarray(tail_angle, dtype=np.float64), loss.shape)
+        still = (labels != "convergence") & np.isfinite(angle) & (angle * tail_steps < MIN_TAIL_ROTATION)
+        labels = np.where(still, UNRESOLVED, labels)
+        for idx in _where(still):
+            reasons[idx] = _motion_reason(angle[idx])
+    # invalid cells: the kernel's reason first, then what the numbers themselves show
+    bad = np.zeros(loss.shape, bool)
     if invalid_reason is not None:
         given = np.broadcast_to(np.asarray(invalid_reason, dtype=object), loss.shape)
         marked = np.vectorize(bool, otypes=[bool])(given) if given.size else np.zeros(loss.shape, bool)
         reasons = np.where(marked, given, reasons)
         bad = bad | marked
-    reasons = np.where(bad & (reasons == ""), "non-finite tail loss", reasons)
+    rand_bad = ~(np.isfinite(rand) & (rand > 0)) & ~bad
+    for idx in _where(rand_bad):
+        reasons[idx] = f"random level must be positive and finite, got {float(rand[idx])!r}"
+    bad = bad | rand_bad
+    nonfinite = ~np.isfinite(loss) & ~bad
+    reasons = np.where(nonfinite, "non-finite tail loss", reasons)
+    bad = bad | nonfinite
+    negative = (loss < -conv_rtol * rand) & ~bad
+    for idx in _where(negative):
+        reasons[idx] = f"negative tail loss {float(loss[idx]):.6g}; losses must be >= 0"
+    bad = bad | negative
     labels = np.where(bad, INVALID, labels)
     return labels, reasons.astype(str)
+
+
+def _trend(tail_loss):
+    """Relative change ``(m4 - m1) / mean`` of a tail that is still trending, else ``None``."""
+    if tail_loss.size < TREND_MIN_TAIL:
+        return None
+    scale = np.max(np.abs(tail_loss))
+    if not (np.isfinite(scale) and scale > 0):
+        return None
+    x = tail_loss / scale  # scaled to [-1, 1]: the variance of a loss near 1e300 cannot overflow
+    q = np.array_split(x, 4)
+    change = q[-1].mean() - q[0].mean()
+    level = abs(x.mean())
+    noise = min(q[0].std(), q[-1].std())
+    if abs(change) > TREND_RTOL * level and abs(change) > TREND_NSIGMA * noise:
+        return change / level
+    return None
+
+
+def _judge(trajectory, problem, tail, random_level, conv_rtol, div_frac):
+    """Label and reason of one run: `classify_summary` on the tail mean, then the trend rule."""
+    loss, tail, rand = _tail_and_level(trajectory, problem, tail, random_level)
+    window = loss[-tail:]
+    kw = {}
+    angle = _angle_trace(trajectory)
+    if angle is not None:
+        steps = tail
+        params = getattr(trajectory, "params", None)
+        if isinstance(params, dict):  # records are every k-th step: the tail spans tail*k steps
+            steps = tail * int(params.get("record_every", 1))
+        kw = {"tail_angle": float(np.mean(angle[-tail:])), "tail_steps": steps}
+    label, reason = classify_summary(window.mean(), rand, conv_rtol=conv_rtol, div_frac=div_frac,
+                                     **kw)
+    label, reason = str(label), str(reason)
+    if label in (REGIMES[1], REGIMES[2]):
+        change = _trend(window)
+        if change is not None:
+            label = UNRESOLVED
+            reason = (f"loss still {'falling' if change < 0 else 'rising'} by "
+                      f"{abs(change) * 100:.2g}% through the tail; run longer")
+    return label, reason, loss, tail, rand
+
+
+def _angle_trace(trajectory):
+    """The per-step angle trace of a toy `Trajectory` (or look-alike), else ``None``.
+
+    Datasets and mappings (network runs) are skipped: their ``angle`` is a per-epoch mean, and a
+    tail of epochs is not a number of steps."""
+    if isinstance(trajectory, dict) or hasattr(trajectory, "data_vars"):
+        return None
+    angle = getattr(trajectory, "angle", None)
+    if angle is None:
+        return None
+    angle = np.asarray(angle, dtype=np.float64)
+    return angle if angle.ndim == 1 and angle.size else None
 
 
 def classify(trajectory, problem=None, *, tail=None, random_level=None, conv_rtol=CONV_RTOL,
@@ -71,12 +196,11 @@ def classify(trajectory, problem=None, *, tail=None, random_level=None, conv_rto
     ``trajectory`` needs a ``loss`` trace (a `toymodel.dynamics.Trajectory`, or any object
     or mapping with one, such as a network run's dataset). The random level is ``random_level`` if
     given, else ``problem.random_loss()``, else the first recorded loss (a network's loss at
-    initialisation). ``tail`` defaults to the last 10% of the records.
+    initialisation). ``tail`` defaults to the last 10% of the records. The ``"unresolved"`` rules
+    apply: too little motion (when the run records an ``angle`` trace) and a still-trending loss.
+    `explain` gives the reason.
     """
-    loss, tail, random_level = _tail_and_level(trajectory, problem, tail, random_level)
-    label, _ = classify_summary(loss[-tail:].mean(), random_level, conv_rtol=conv_rtol,
-                                div_frac=div_frac)
-    return str(label)
+    return _judge(trajectory, problem, tail, random_level, conv_rtol, div_frac)[0]
 
 
 def _tail_and_level(trajectory, problem, tail, random_level):
@@ -98,10 +222,11 @@ def _tail_and_level(trajectory, problem, tail, random_level):
 
 def explain(trajectory, problem=None, *, tail=None, random_level=None, conv_rtol=CONV_RTOL,
             div_frac=DIV_FRAC) -> dict:
-    """The label plus the observables behind it (tail loss / random level, effective gradient, angle)."""
-    loss, tail, rand = _tail_and_level(trajectory, problem, tail, random_level)
-    label, _ = classify_summary(loss[-tail:].mean(), rand, conv_rtol=conv_rtol, div_frac=div_frac)
-    out = {"regime": str(label),
+    """The label, its reason (``""`` for a regime) and the observables behind it (tail loss /
+    random level, effective gradient, angle, rotation over the tail)."""
+    label, reason, loss, tail, rand = _judge(trajectory, problem, tail, random_level, conv_rtol,
+                                             div_frac)
+    out = {"regime": label, "reason": reason,
            "tail_loss": float(loss[-tail:].mean()), "random_level": float(rand),
            "loss_ratio": float(loss[-tail:].mean() / rand)}
     for name in ("grad_norm", "angle"):

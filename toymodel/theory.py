@@ -1,9 +1,16 @@
-r"""Closed-form results of docs/theory.md (T1–T12), one small pure function per quantity.
+r"""Closed-form results of docs/theory.md (T1–T13), one small pure function per quantity.
 
 Notation: ELR $\tilde\eta=\eta/\rho^2$ (T3), curvatures $\alpha_i>0$,
 $c=\tilde\eta\sum_i\alpha_i$ (T12), shares $s_i=\|\theta_i\|^2/\rho^2$ (T7).
 Statements tagged [toy] hold for `toymodel.problems.SphereToy`; the others are exact.
 Every public function validates its input and raises ``ValueError`` naming the bad value.
+
+Large inputs never raise ``OverflowError``: $\sqrt{c^2-1}$ is computed as
+$\sqrt{c-1}\sqrt{c+1}$ and $\sqrt{1-1/c^2}$ as $\sqrt{(1-1/c)(1+1/c)}$, angles with
+``arctan`` of those; a quantity whose true value exceeds the float64 range (such as $c$ itself
+for $\tilde\eta=10^{300}$, $\alpha=10^{10}$) is returned as ``inf``, without a warning in
+`predictions`. The effective gradient norm at the equilibrium is bounded by $\sum\alpha_i$, so
+it is always finite.
 """
 from __future__ import annotations
 
@@ -12,6 +19,16 @@ import numpy as np
 from ._validate import alphas_array, constraint_name, positive_finite, positive_finite_array
 
 REGIMES = ("convergence", "chaotic_equilibrium", "divergence")
+#: the classifier's divergence convention, tail loss >= DIV_FRAC x random level
+#: (`toymodel.regimes.DIV_FRAC`, kept equal by a test): where the theory has no line of its own
+#: (one group, T13) it predicts divergence where its closed-form loss crosses this fraction.
+DIV_FRAC = 0.9
+
+
+def _sqrt_c2m1(c):
+    r"""$\sqrt{c^2-1}$ for $c\ge1$ as $\sqrt{c-1}\sqrt{c+1}$: no overflow of $c^2$, and $c-1$
+    is exact near 1, where $c^2-1$ would cancel."""
+    return np.sqrt(c - 1.0) * np.sqrt(c + 1.0)
 
 
 # -- §1 scale invariance and the ELR ------------------------------------------------------------
@@ -28,12 +45,14 @@ def effective_grad_norm(grad_norm, norm):
 def sq_norm_after_step(sq_norm, lr, grad_sq_norm):
     r"""Norm growth of an unprojected step: $\|\theta-\eta\nabla F\|^2=\|\theta\|^2+\eta^2\|\nabla F\|^2$ (T4)."""
     lr = positive_finite("lr", lr)
-    return np.asarray(sq_norm, dtype=float) + lr**2 * np.asarray(grad_sq_norm, dtype=float)
+    with np.errstate(over="ignore"):  # beyond the float range the norm is inf, not an error
+        return np.asarray(sq_norm, dtype=float) + lr * lr * np.asarray(grad_sq_norm, dtype=float)
 
 
 def step_angle(elr, eff_grad_norm):
     r"""Angle moved per step on the sphere: $\Delta=\arctan(\tilde\eta\|\tilde g\|)$ (T6)."""
-    return np.arctan(positive_finite("elr", elr) * np.asarray(eff_grad_norm, dtype=float))
+    with np.errstate(over="ignore"):  # arctan(inf) = pi/2 is the right limit
+        return np.arctan(positive_finite("elr", elr) * np.asarray(eff_grad_norm, dtype=float))
 
 
 # -- §3 total vs individual ELR ------------------------------------------------------------------
@@ -50,7 +69,8 @@ def individual_elr(elr, sq_norms, radius=1.0):
     """
     elr = positive_finite("elr", elr)
     radius = positive_finite("radius", radius)
-    return elr * radius**2 / positive_finite_array("sq_norms", sq_norms)
+    with np.errstate(over="ignore"):
+        return elr * (radius * radius) / positive_finite_array("sq_norms", sq_norms)
 
 
 def total_elr(individual_elrs):
@@ -66,8 +86,15 @@ def share_update(shares_, elr, eff_group_grad_norms):
     """
     s = positive_finite_array("shares", shares_)
     elr = positive_finite("elr", elr)
-    g = np.asarray(eff_group_grad_norms, dtype=float)
-    new = s + elr**2 * g**2 / s
+    r = np.abs(np.asarray(eff_group_grad_norms, dtype=float)) / np.sqrt(s)  # s_i + (elr r_i)^2
+    # The renormalised result is unchanged by a common factor: divide through by
+    # big^2 = (elr max r)^2 when the step term dominates, so a huge ELR cannot overflow to inf/inf.
+    m = r.max(axis=-1, keepdims=True)
+    with np.errstate(over="ignore"):
+        big = elr * m
+    scale = np.maximum(big, 1.0)
+    rel = np.where(m > 0, r / np.where(m > 0, m, 1.0), 0.0) * np.minimum(big, 1.0)
+    new = s / scale / scale + rel * rel
     return new / new.sum(axis=-1, keepdims=True)
 
 
@@ -136,7 +163,8 @@ def two_cycle_angle(elr, alpha):
     r"""Angle $\varphi^*=\tfrac12\arccos(1/(\tilde\eta\alpha))$ of the stable 2-cycle $\pm\varphi^*$
     for $\tilde\eta\alpha>1$; 0 (the minimum is stable) otherwise (T11)."""
     k = positive_finite("elr", elr) * positive_finite("alpha", alpha)
-    return 0.5 * float(np.arccos(1.0 / k)) if k > 1.0 else 0.0
+    # cos 2phi = 1/k  <=>  tan 2phi = sqrt(k^2 - 1): arctan is accurate near k = 1, arccos is not
+    return 0.5 * float(np.arctan(_sqrt_c2m1(k))) if k > 1.0 else 0.0
 
 
 def two_cycle_multiplier(elr, alpha):
@@ -144,7 +172,7 @@ def two_cycle_multiplier(elr, alpha):
     k = positive_finite("elr", elr) * positive_finite("alpha", alpha)
     if k <= 1.0:
         raise ValueError(f"elr*alpha must exceed 1 for a 2-cycle to exist, got {k!r}")
-    return (1.0 - 2.0 / k**2) ** 2
+    return (1.0 - 2.0 / k / k) ** 2
 
 
 def two_cycle_loss(elr, alpha):
@@ -157,7 +185,8 @@ def two_cycle_loss(elr, alpha):
 # -- §4 n groups, total constraint (T12) [toy] ------------------------------------------------------
 def criticality(elr, alphas):
     r"""$c=\tilde\eta\sum_i\alpha_i$ (T12); convergence iff $c\le1$."""
-    return positive_finite("elr", elr) * float(alphas_array(alphas).sum())
+    with np.errstate(over="ignore"):  # c may exceed the float range: then inf
+        return float(positive_finite("elr", elr) * alphas_array(alphas).sum())
 
 
 def equilibrium_loss(elr, alphas):
@@ -176,25 +205,45 @@ def equilibrium_shares(alphas):
 def equilibrium_individual_elr(elr, alphas):
     r"""Individual ELRs at the equilibrium, $\tilde\eta_i=\tilde\eta\sum\alpha/\alpha_i$, so $\tilde\eta_i\alpha_i=c$ (T12)."""
     a = alphas_array(alphas)
-    return positive_finite("elr", elr) * a.sum() / a
+    with np.errstate(over="ignore"):
+        return positive_finite("elr", elr) * a.sum() / a
 
 
 def equilibrium_angle(elr, alphas):
     r"""Group angle on the equilibrium cycle, $\varphi_i=\tfrac12\arccos(1/c)$ for $c>1$, else 0 (T12)."""
     c = criticality(elr, alphas)
-    return 0.5 * float(np.arccos(1.0 / c)) if c > 1.0 else 0.0
+    return 0.5 * float(np.arctan(_sqrt_c2m1(c))) if c > 1.0 else 0.0
 
 
 def equilibrium_grad_norm(elr, alphas):
-    r"""Effective gradient norm at the equilibrium, $\sum\alpha_i\sqrt{1-1/c^2}$ for $c>1$, else 0 (T12)."""
+    r"""Effective gradient norm at the equilibrium, $\sum\alpha_i\sqrt{1-1/c^2}$ for $c>1$, else 0 (T12).
+
+    Bounded by $\sum\alpha_i$ (finite for every finite input); computed as
+    $\sqrt{(1-1/c)(1+1/c)}$, so a huge $c$ neither overflows nor loses the factor."""
     c = criticality(elr, alphas)
-    return float(alphas_array(alphas).sum() * np.sqrt(1.0 - 1.0 / c**2)) if c > 1.0 else 0.0
+    if c <= 1.0:
+        return 0.0
+    return float(alphas_array(alphas).sum() * np.sqrt((1.0 - 1.0 / c) * (1.0 + 1.0 / c)))
 
 
 def equilibrium_step_angle(elr, alphas):
-    r"""Angle per step at the equilibrium, $\arctan(\tilde\eta\|\tilde g\|)=\arctan\sqrt{c^2-1}$ (T6, T12)."""
+    r"""Angle per step at the equilibrium, $\arctan(\tilde\eta\|\tilde g\|)=\arctan\sqrt{c^2-1}$ (T6, T12);
+    tends to $\pi/2$ as $c\to\infty$ (and equals it once $\sqrt{c^2-1}$ exceeds the float range)."""
     c = criticality(elr, alphas)
-    return float(np.arctan(np.sqrt(c**2 - 1.0))) if c > 1.0 else 0.0
+    return float(np.arctan(_sqrt_c2m1(c))) if c > 1.0 else 0.0
+
+
+def equilibrium_divergence_elr(alphas, div_frac=DIV_FRAC):
+    r"""The ELR at which the equilibrium loss $(\sum\alpha_i-1/\tilde\eta)/2$ reaches the fraction
+    $f$ = ``div_frac`` of the random level $\sum\alpha_i/2$: $\tilde\eta=1/((1-f)\sum\alpha_i)$,
+    i.e. $c=1/(1-f)$ (10 by default) (T12, T13).
+
+    For one group this is where the 2-cycle's loss (T11) crosses the classifier's divergence
+    line: the divergence threshold of T13."""
+    a = alphas_array(alphas)
+    if not (0.0 < float(div_frac) < 1.0):
+        raise ValueError(f"div_frac must be in (0, 1), got {div_frac!r}")
+    return float(1.0 / ((1.0 - float(div_frac)) * a.sum()))
 
 
 # -- §3 individual constraint [exact + toy] -----------------------------------------------------
@@ -220,8 +269,14 @@ def predict_group_convergence(elr, alphas, constraint="individual"):
     return np.full(a.size, criticality(elr, a) <= 1.0)
 
 
-def predict_regime(elr, alphas, constraint="total"):
+def predict_regime(elr, alphas, constraint="total", *, div_frac=DIV_FRAC):
     r"""The regime the theory predicts: ``"convergence"``, ``"chaotic_equilibrium"`` or ``"divergence"``.
+
+    One group (T13; both constraints coincide, the only share is 1): convergence iff
+    $k=\tilde\eta\alpha\le1$; above, the run sits on the stable 2-cycle of T11 whose loss is
+    the fraction $1-1/k$ of the random level, never chaotic and never unstable, so "divergence" is
+    the classifier's convention: loss $\ge f$ = ``div_frac`` of random, i.e. $k\ge1/(1-f)$
+    (`equilibrium_divergence_elr`); ``"chaotic_equilibrium"`` (the non-converged plateau) in between.
 
     Total constraint (T10, T12): convergence iff $\tilde\eta\le1/\sum\alpha_i$; divergence when
     $\tilde\eta>1/\min\alpha_i$ (every group above its threshold whatever the shares); chaotic
@@ -232,7 +287,14 @@ def predict_regime(elr, alphas, constraint="total"):
     """
     a = alphas_array(alphas)
     elr = positive_finite("elr", elr)
-    if constraint_name(constraint) == "individual":
+    constraint = constraint_name(constraint)
+    if not (0.0 < float(div_frac) < 1.0):
+        raise ValueError(f"div_frac must be in (0, 1), got {div_frac!r}")
+    if a.size == 1:
+        if elr * a[0] <= 1.0:
+            return "convergence"
+        return "divergence" if elr >= equilibrium_divergence_elr(a, div_frac) else "chaotic_equilibrium"
+    if constraint == "individual":
         k = a.size * elr * a
         if np.all(k <= 1.0):
             return "convergence"
@@ -243,9 +305,19 @@ def predict_regime(elr, alphas, constraint="total"):
 
 
 def predictions(elr, alphas):
-    """Every prediction for one ELR and configuration, keyed by the function that computes it."""
+    """Every prediction for one ELR and configuration, keyed by the function that computes it.
+
+    Angles are in radians; values beyond the float64 range are ``inf`` (module docstring)."""
     a = alphas_array(alphas)
     elr = positive_finite("elr", elr)
+    with np.errstate(over="ignore"):
+        if not np.isfinite(a.sum()):
+            raise ValueError(f"alphas must sum to a finite number (below {np.finfo(float).max:.3g}), "
+                             f"got {a.tolist()}")
+        return _predictions(elr, a)
+
+
+def _predictions(elr, a):
     return {
         "elr": elr,
         "alphas": a.tolist(),
@@ -253,6 +325,7 @@ def predictions(elr, alphas):
         "group_thresholds": group_thresholds(a).tolist(),
         "total_threshold": total_threshold(a),
         "divergence_threshold": divergence_threshold(a),
+        "equilibrium_divergence_elr": equilibrium_divergence_elr(a),
         "random_loss": random_loss(a),
         "equilibrium_loss": equilibrium_loss(elr, a),
         "equilibrium_shares": equilibrium_shares(a).tolist(),
