@@ -6,7 +6,8 @@ Imported explicitly (``import toymodel.bridge``); ``import toymodel`` never impo
 * `SphereSGD`: projected SGD with fixed ELR, the official code's semantics (T5-T7);
 * `ConvNetSI`, `ResNet18SI`: the paper's reference networks;
 * `load_data`: digits (default, offline), CIFAR-10/100 from local files, synthetic;
-* `train`, `train_scan`, `run`: training with online metrics -> xarray Dataset.
+* `train`, `train_scan`, `run`: training with online metrics -> xarray Dataset; `RunSpec`:
+  what one run does, validated once.
 
 User guide: docs/bridge.md.
 """
@@ -14,8 +15,8 @@ from .data import ImageData, load_data
 from .groups import SIGroup, si_groups, verify_scale_invariance
 from .models import ConvNetSI, ResNet18SI, build_model
 from .optim import SphereSGD
-from .training import evaluate, parse_elrs, prepare, run, train, train_scan
+from .training import RunSpec, evaluate, parse_elrs, prepare, run, train, train_scan
 
-__all__ = ["ConvNetSI", "ImageData", "ResNet18SI", "SIGroup", "SphereSGD", "build_model",
+__all__ = ["ConvNetSI", "ImageData", "ResNet18SI", "RunSpec", "SIGroup", "SphereSGD", "build_model",
            "evaluate", "load_data", "parse_elrs", "prepare", "run", "si_groups", "train",
            "train_scan", "verify_scale_invariance"]

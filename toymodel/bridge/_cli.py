@@ -1,10 +1,18 @@
 """``toymodel train`` and ``toymodel train-scan``: fixed-ELR training of SI networks (torch bridge).
 
-Only argparse at import time; torch is imported when a command runs.
+Only argparse at import time; torch is imported when a command runs. Everything is checked before
+the first step: the output path (``--out`` must not exist unless ``--overwrite``), every value,
+the learning rate each ELR gives, the memory the network needs. ``train-scan`` keeps each
+finished run in ``OUT.parts/`` (one file per ELR and seed, written atomically), so rerunning the
+same command after an interruption or a failure trains only what is missing; the folder is
+removed once ``OUT`` is written.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import sys
 
 
 def _common(p):
@@ -29,25 +37,27 @@ def _common(p):
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     p.add_argument("--out", required=True, help="output NetCDF file (.nc)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+
+
+def _check_out(args) -> str:
+    from .._validate import output_path
+    return output_path("--out", args.out, suffixes=(".nc",), overwrite=args.overwrite,
+                       overwrite_hint="--overwrite")
 
 
 def _kwargs(args):
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be an integer >= 1, got {args.threads}")
+        from .._validate import positive_int
+        threads = positive_int("--threads", args.threads, 1)
         import torch
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
     return dict(model=args.model, data=args.data, data_root=args.data_root,
                 input_size=args.input_size, epochs=args.epochs, width=args.width,
                 batch_size=args.batch_size, seed=args.seed, constraint=args.constraint,
                 device=args.device, dtype=args.dtype, eval_every=args.eval_every,
                 record_every=args.record_every, tail=args.tail, progress_bar=args.progress)
-
-
-def _check_out(path):
-    if not str(path).endswith(".nc"):
-        raise ValueError(f"--out must be a NetCDF path ending in .nc, got {path!r}")
 
 
 def _row(d):
@@ -61,25 +71,51 @@ _HEAD = (f"{'elr':<10} {'tail_loss':<11} {'random':<11} {'grad_norm':<11} {'angl
          f"{'test_err':<9} regime")
 
 
+def _print_table(ds):
+    print(_HEAD)
+    for i in range(ds.sizes["elr"]) if "elr" in ds.dims else [None]:
+        d = ds if i is None else ds.isel(elr=i)
+        print(_row(d))
+        if str(d.regime_reason.values):
+            print(f"{'':<10} {d.regime_reason.values}")
+
+
 def _cmd_train(args) -> int:
-    _check_out(args.out)
+    out = _check_out(args)
+    from ._parts import write_netcdf_atomic
     from .training import train
     ds = train(elr=args.elr, **_kwargs(args))
-    ds.to_netcdf(args.out)
-    print(_HEAD)
-    print(_row(ds))
+    write_netcdf_atomic(ds, out)
+    _print_table(ds)
     print(f"saved {args.out}")
     return 0
 
 
 def _cmd_train_scan(args) -> int:
-    _check_out(args.out)
+    out = _check_out(args)
+    from ._parts import part_name, write_netcdf_atomic
     from .training import parse_elrs, train_scan
-    ds = train_scan(parse_elrs(args.elrs), **_kwargs(args))
-    ds.to_netcdf(args.out)
-    print(_HEAD)
-    for i in range(ds.sizes["elr"]):
-        print(_row(ds.isel(elr=i)))
+    elrs = parse_elrs(args.elrs)
+    parts = out + ".parts"
+    found = sum(os.path.isfile(os.path.join(parts, part_name(e, args.seed))) for e in elrs)
+    done = []
+    try:
+        ds = train_scan(elrs, parts=parts, callback=done.append, **_kwargs(args))
+    except KeyboardInterrupt:
+        if done:
+            print(f"toymodel train-scan: kept {len(done)} of {elrs.size} runs in {parts}; "
+                  "rerun the same command to resume", file=sys.stderr)
+        raise
+    except ValueError as err:
+        if not done:
+            raise
+        raise ValueError(f"{err} (kept {len(done)} of {elrs.size} runs in {parts}; rerun the same "
+                         "command to resume)") from None
+    write_netcdf_atomic(ds, out)
+    shutil.rmtree(parts, ignore_errors=True)  # every run is in OUT now
+    _print_table(ds)
+    if found:
+        print(f"resumed: {found} of {elrs.size} runs read back from {parts}")
     print(f"saved {args.out}")
     return 0
 

@@ -22,7 +22,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .._validate import choice, positive_int
+
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100")
+#: ``(images, channels, side, classes)`` of each dataset (train + test), for size estimates made
+#: before anything is loaded
+SHAPES = {"digits": (1797, 1, 8, 10), "synthetic": (384, 1, 8, 4),
+          "cifar10": (60000, 3, 32, 10), "cifar100": (60000, 3, 32, 100)}
 _CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 _CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
@@ -112,11 +118,9 @@ def load_data(name: str = "digits", *, root=None, input_size: int | None = None,
 
     ``seed`` only affects ``"synthetic"``; the digits split is fixed.
     """
-    if name not in DATASETS:
-        raise ValueError(f"data must be one of {DATASETS}, got {name!r}")
-    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int)
-                                   or input_size < 4):
-        raise ValueError(f"input_size must be an integer >= 4, got {input_size!r}")
+    choice("data", name, DATASETS)
+    if input_size is not None:
+        input_size = positive_int("input_size", input_size, 4)
     if name == "digits":
         arrays = _digits()
     elif name == "synthetic":
@@ -132,3 +136,12 @@ def load_data(name: str = "digits", *, root=None, input_size: int | None = None,
         xtr, xte = resize(xtr), resize(xte)
     data = ImageData(name, xtr, torch.as_tensor(ytr), xte, torch.as_tensor(yte), k)
     return data.to(device=device, dtype=dtype)
+
+
+def nbytes(name: str, *, input_size: int | None = None, itemsize: int = 4) -> int:
+    """Peak host bytes `load_data` needs for ``name``: the float64 arrays (and their resized copy
+    when ``input_size`` differs) plus the tensors of ``itemsize`` bytes per value."""
+    n, c, side, _ = SHAPES[choice("data", name, DATASETS)]
+    size = side if input_size is None else positive_int("input_size", input_size, 4)
+    values = n * c * size * size
+    return n * c * side * side * 8 + values * (8 if size != side else 0) + values * itemsize

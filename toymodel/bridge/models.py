@@ -23,23 +23,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._validate import choice, positive_finite, positive_int
+
 #: the official code draws the head under ``torch.manual_seed(228)``; we use the same constant
 #: with a private generator so the global RNG stream is untouched.
 HEAD_SEED = 228
 HEAD_NORM = 10.0
 
 
-def _check_width(width):
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise ValueError(f"width must be an integer >= 1, got {width!r}")
-    return width
-
-
 def _frozen_head(in_features: int, num_classes: int, norm: float, bias: bool) -> nn.Linear:
     """Linear head drawn like ``nn.Linear`` (U(-1/sqrt(fan_in), 1/sqrt(fan_in))) under
     `HEAD_SEED`, weight rescaled to Frobenius norm ``norm``, all parameters frozen."""
-    if not (isinstance(norm, (int, float)) and math.isfinite(norm) and norm > 0):
-        raise ValueError(f"head_norm must be a positive finite number, got {norm!r}")
+    norm = positive_finite("head_norm", norm)
     head = nn.Linear(in_features, num_classes, bias=bias)
     gen = torch.Generator().manual_seed(HEAD_SEED)
     bound = 1.0 / math.sqrt(in_features)
@@ -65,7 +60,7 @@ class ConvNetSI(nn.Module):
     def __init__(self, width: int = 32, num_classes: int = 10, in_channels: int = 3,
                  head_norm: float = HEAD_NORM, head_bias: bool = True):
         super().__init__()
-        c = _check_width(width)
+        c = positive_int("width", width, 1)
         layers = _block(in_channels, c, pool=False)
         for cin, cout in ((c, 2 * c), (2 * c, 4 * c), (4 * c, 8 * c)):
             layers += _block(cin, cout, pool=True)
@@ -105,7 +100,7 @@ class ResNet18SI(nn.Module):
     def __init__(self, width: int = 64, num_classes: int = 10, in_channels: int = 3,
                  head_norm: float = HEAD_NORM):
         super().__init__()
-        c = _check_width(width)
+        c = positive_int("width", width, 1)
         self.conv1 = nn.Conv2d(in_channels, c, 3, padding=1, bias=False)
         stages, cin = [], c
         for i, (cout, stride) in enumerate(((c, 1), (2 * c, 2), (4 * c, 2), (8 * c, 2))):
@@ -129,9 +124,45 @@ def build_model(name: str, *, width: int, num_classes: int, in_channels: int, se
                 dtype=torch.float32, device="cpu") -> nn.Module:
     """Build a reference model by name (``"convnet-si"``, ``"resnet18-si"``); the SI weights are
     drawn under ``torch.manual_seed(seed)`` (torch's default init), the head under `HEAD_SEED`."""
-    if name not in MODELS:
-        raise ValueError(f"model must be one of {tuple(MODELS)}, got {name!r}")
+    choice("model", name, MODELS)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = MODELS[name](width=width, num_classes=num_classes, in_channels=in_channels)
     return model.to(device=device, dtype=dtype)
+
+
+def param_count(name: str, *, width: int, num_classes: int, in_channels: int) -> int:
+    r"""Number of parameters of model ``name`` (frozen head included), without building it.
+
+    With $c$ = ``width``, $k$ = ``num_classes``, $i$ = ``in_channels`` (3x3 convs, 1x1 shortcuts):
+    ConvNetSI: $9c(i + 2c + 8c + 32c) + (8c + 1)k$;
+    ResNet18SI: $9ic + (36 + 128 + 512 + 2048)c^2 + 8ck$ (stages 1-4: two blocks each).
+    """
+    c, k, i = (positive_int(n, v, 1) for n, v in
+               (("width", width), ("num_classes", num_classes), ("in_channels", in_channels)))
+    if choice("model", name, MODELS) == "convnet-si":
+        return 9 * c * (i + 42 * c) + (8 * c + 1) * k
+    return 9 * i * c + 2724 * c * c + 8 * c * k
+
+
+def activation_count(name: str, *, width: int, in_channels: int, size: int) -> int:
+    """Values one sample's forward pass produces (every leaf module's output), at ``width``.
+
+    Counted on a width-1 copy on torch's ``meta`` device (no memory, no arithmetic) and scaled by
+    ``width``: every activation but the input and the logits has a multiple of ``width`` channels.
+    """
+    c = positive_int("width", width, 1)
+    size = positive_int("size", size, 1)
+    # eval mode: train-mode BatchNorm refuses one sample on a 1x1 map; the shapes are the same
+    model = MODELS[choice("model", name, MODELS)](width=1, in_channels=in_channels).to("meta").eval()
+    count = [0]
+
+    def hook(module, inputs, output):
+        count[0] += output.numel()
+
+    for module in model.modules():
+        if not any(True for _ in module.children()):
+            module.register_forward_hook(hook)
+    with torch.no_grad():
+        model(torch.empty(1, in_channels, size, size, device="meta"))
+    return count[0] * c
