@@ -265,7 +265,7 @@ def test_result_layout_is_unchanged():
 
 
 def test_bridge_has_no_private_copies_of_the_shared_validators():
-    import toymodel.bridge._cli as cli
+    import toymodel._cli_bridge as cli
     from toymodel.bridge import data
     for module in (training, models, data, cli):
         src = inspect.getsource(module)

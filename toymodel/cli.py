@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-_COMMAND_MODULES = ("toymodel._cli_scan", "toymodel._cli_figures", "toymodel.bridge._cli")
+_COMMAND_MODULES = ("toymodel._cli_scan", "toymodel._cli_figures", "toymodel._cli_bridge")
 
 
 def _alphas(text: str) -> np.ndarray:

@@ -42,14 +42,14 @@ def _common(p):
 
 
 def _check_out(args) -> str:
-    from .._validate import output_path
+    from ._validate import output_path
     return output_path("--out", args.out, suffixes=(".nc",), overwrite=args.overwrite,
                        overwrite_hint="--overwrite")
 
 
 def _kwargs(args):
     if args.threads is not None:
-        from .._validate import positive_int
+        from ._validate import positive_int
         threads = positive_int("--threads", args.threads, 1)
         import torch
         torch.set_num_threads(threads)
@@ -80,10 +80,17 @@ def _print_table(ds):
             print(f"{'':<10} {d.regime_reason.values}")
 
 
+def _need_torch(command: str) -> None:
+    """The torch extra is optional: say how to get it instead of a bare ModuleNotFoundError."""
+    from ._deps import require
+    require("torch", f"toymodel {command}")
+
+
 def _cmd_train(args) -> int:
     out = _check_out(args)
-    from ._parts import write_netcdf_atomic
-    from .training import train
+    _need_torch("train")
+    from .bridge._parts import write_netcdf_atomic
+    from .bridge.training import train
     ds = train(elr=args.elr, **_kwargs(args))
     write_netcdf_atomic(ds, out)
     _print_table(ds)
@@ -93,8 +100,9 @@ def _cmd_train(args) -> int:
 
 def _cmd_train_scan(args) -> int:
     out = _check_out(args)
-    from ._parts import part_name, write_netcdf_atomic
-    from .training import parse_elrs, train_scan
+    _need_torch("train-scan")
+    from .bridge._parts import part_name, write_netcdf_atomic
+    from .bridge.training import parse_elrs, train_scan
     elrs = parse_elrs(args.elrs)
     parts = out + ".parts"
     found = sum(os.path.isfile(os.path.join(parts, part_name(e, args.seed))) for e in elrs)
