@@ -7,16 +7,24 @@ Imported explicitly (``import toymodel.bridge``); ``import toymodel`` never impo
 * `ConvNetSI`, `ResNet18SI`: the paper's reference networks;
 * `load_data`: digits (default, offline), CIFAR-10/100 from local files, synthetic;
 * `train`, `train_scan`, `run`: training with online metrics -> xarray Dataset; `RunSpec`:
-  what one run does, validated once.
+  what one run does, validated once;
+* `SGDMRT`, `AdamSRT`, `AdamS`: SGD-momentum and Adam with rescaled and transported moments
+  (Roburin et al.; docs/sphere_optimizers.md);
+* `hessian_trace`, `hessian_top_eigenvalues`, `ggn_trace`, `gradient_statistics`: curvature and
+  gradient statistics (docs/sharpness.md).
 
 User guide: docs/bridge.md.
 """
 from .data import ImageData, load_data
+from .gradstats import gradient_statistics
 from .groups import SIGroup, si_groups, verify_scale_invariance
 from .models import ConvNetSI, ResNet18SI, build_model
 from .optim import SphereSGD
+from .sharpness import ggn_trace, hessian_top_eigenvalues, hessian_trace
+from .sphere_optim import SGDMRT, AdamS, AdamSRT
 from .training import RunSpec, evaluate, parse_elrs, prepare, run, train, train_scan
 
-__all__ = ["ConvNetSI", "ImageData", "ResNet18SI", "RunSpec", "SIGroup", "SphereSGD", "build_model",
-           "evaluate", "load_data", "parse_elrs", "prepare", "run", "si_groups", "train",
-           "train_scan", "verify_scale_invariance"]
+__all__ = ["AdamS", "AdamSRT", "ConvNetSI", "ImageData", "ResNet18SI", "RunSpec", "SGDMRT", "SIGroup",
+           "SphereSGD", "build_model", "evaluate", "ggn_trace", "gradient_statistics",
+           "hessian_top_eigenvalues", "hessian_trace", "load_data", "parse_elrs", "prepare", "run",
+           "si_groups", "train", "train_scan", "verify_scale_invariance"]
