@@ -9,6 +9,12 @@ allocates: every buffer is passed in. The float operations follow
 ``toymodel.dynamics.summarize_batch`` (the specification) in the same order, so float64 results
 agree with it to rounding.
 
+Every operation on the state runs in the state's dtype, as in the spec, so that an overflow in
+float32 (of $\eta g$, or of $\|v\|^2$ at ELR 1e30) is flagged by the same status at the same
+step: float literals are written ``x.dtype.type(0.0)`` because numba types a bare ``0.0`` or
+``2.0`` as float64 and promotes every float32 it touches (the CUDA target too; the CUDA simulator,
+running NumPy scalars, would not show it). Only the accumulators ``acc`` are float64.
+
 Notation (docs/theory.md T5, T7): $\eta=\tilde\eta\rho^2$ with $\rho=\|\theta_0\|$; one
 step is $v=\theta-\eta\nabla F(\theta)$ rescaled to total norm $\rho$ ("total") or to
 the initial group norms $r_i=\|\theta_{0,i}\|$ ("individual").
@@ -42,7 +48,7 @@ def _rescale(v, individual, rho, radii):
             for k in range(d):
                 v[i, k] = v[i, k] * f
     else:
-        tot = 0.0
+        tot = v.dtype.type(0.0)
         for i in range(n):
             s = v[i, 0] * v[i, 0]
             for k in range(1, d):
@@ -63,15 +69,17 @@ def _toy_advance(th, al, lr, individual, rho, radii, new):
     $\partial_k=2\alpha_i x^2\theta_{i,k}/r^4$ (toymodel.problems.SphereToy).
     """
     n, d = th.shape
-    loss = 0.0
-    gsq = 0.0
+    zero = th.dtype.type(0.0)
+    two = th.dtype.type(2.0)
+    loss = zero
+    gsq = zero
     for i in range(n):
         x = th[i, 0]
         perp = th[i, 1] * th[i, 1]
         for k in range(2, d):
             perp += th[i, k] * th[i, k]
         sq = perp + x * x
-        coef = 2.0 * al[i] / (sq * sq)
+        coef = two * al[i] / (sq * sq)
         loss += al[i] * (perp / sq)
         g0 = -coef * x * perp
         c2 = coef * x * x
@@ -120,17 +128,20 @@ def _toy_step(cur, new, al, lr, individual, rho, radii, pp, sv, k_tail, acc):
     $\partial_k=2\alpha_i x^2\theta_{i,k}/r^4$ (toymodel.problems.SphereToy).
     """
     n, d = cur.shape
-    loss = 0.0
-    gsq = 0.0
-    tot = 0.0
-    totv = 0.0
-    smin = math.inf
+    zero = cur.dtype.type(0.0)
+    one = cur.dtype.type(1.0)
+    two = cur.dtype.type(2.0)
+    loss = zero
+    gsq = zero
+    tot = zero
+    totv = zero
+    smin = cur.dtype.type(math.inf)
     above = 0.0
     for i in range(n):
         x = cur[i, 0]
         perp = pp[i]
         sq = perp + x * x
-        coef = 2.0 * al[i] / (sq * sq)
+        coef = two * al[i] / (sq * sq)
         loss += al[i] * (perp / sq)
         g0 = -coef * x * perp
         c2 = coef * x * x
@@ -155,25 +166,25 @@ def _toy_step(cur, new, al, lr, individual, rho, radii, pp, sv, k_tail, acc):
     # pass 2: rescale (total: one factor; individual: one per group)
     f = rho / math.sqrt(totv)
     code = STATUS_OK
-    c2s = 0.0
+    c2s = zero
     if k_tail > 0:
-        tot_new = 0.0
+        tot_new = zero
         if individual:
             for i in range(n):
                 fi = radii[i] / math.sqrt(sv[i])
                 tot_new += fi * fi * sv[i]
         else:
             tot_new = f * f * totv
-        ia = 1.0 / math.sqrt(tot)
-        ib = 1.0 / math.sqrt(tot_new)
+        ia = one / math.sqrt(tot)
+        ib = one / math.sqrt(tot_new)
     else:
-        ia = 0.0
-        ib = 0.0
+        ia = zero
+        ib = zero
     for i in range(n):
         fi = radii[i] / math.sqrt(sv[i]) if individual else f
         x0 = new[i, 0] * fi
         new[i, 0] = x0
-        p = 0.0
+        p = zero
         if k_tail > 0:
             u = cur[i, 0] * ia - x0 * ib
             c2s += u * u
@@ -203,7 +214,7 @@ def _toy_step(cur, new, al, lr, individual, rho, radii, pp, sv, k_tail, acc):
 def _toy_loss(th, al):
     r"""$F(\theta)=\sum_i\alpha_i p_i^2/r_i^2$ (the toy loss alone)."""
     n, d = th.shape
-    loss = 0.0
+    loss = th.dtype.type(0.0)
     for i in range(n):
         x = th[i, 0]
         perp = th[i, 1] * th[i, 1]
@@ -229,9 +240,10 @@ def _rayleigh_advance(x, y, lr, rho, new):
         sq += x[0, k] * x[0, k]
         xy += x[0, k] * y[0, k]
     loss = xy / sq
-    gsq = 0.0
+    gsq = x.dtype.type(0.0)
+    two = x.dtype.type(2.0)
     for k in range(m):
-        g = 2.0 * (y[0, k] - loss * x[0, k]) / sq
+        g = two * (y[0, k] - loss * x[0, k]) / sq
         gsq += g * g
         new[0, k] = x[0, k] - lr * g
     tot = new[0, 0] * new[0, 0]
@@ -246,8 +258,9 @@ def _rayleigh_advance(x, y, lr, rho, new):
 def _matvec(Bs, x, y):
     r"""$y\leftarrow (A-\lambda_1I)x$ for one trajectory (``x``, ``y`` views ``(1, m)``)."""
     m = x.shape[1]
+    zero = y.dtype.type(0.0)
     for k in range(m):
-        s = 0.0
+        s = zero
         for j in range(m):
             s += Bs[k, j] * x[0, j]
         y[0, k] = s
@@ -274,14 +287,16 @@ def _check(new):
 def _init_targets(th, radii):
     r"""Write the group radii $r_i=\|\theta_{0,i}\|$ into ``radii``; return $\rho=\|\theta_0\|$."""
     n, d = th.shape
-    tot = 0.0
+    tot = th.dtype.type(0.0)
     for i in range(n):
         s = th[i, 0] * th[i, 0]
         for k in range(1, d):
             s += th[i, k] * th[i, k]
         radii[i] = math.sqrt(s)
         tot += s
-    return math.sqrt(tot)
+    # a no-op when compiled; under the CUDA simulator (this code run as Python) it keeps rho a
+    # NumPy scalar, so that rho / 0 gives inf as on the device instead of ZeroDivisionError
+    return th.dtype.type(math.sqrt(tot))
 
 
 def _init_acc(acc):
@@ -309,10 +324,11 @@ def _tail_update(acc, k, th, new, loss, gsq, lr, al):
     (T7), threshold count $\eta\alpha_i>\|\theta_i\|^2$ (T10), effective gradient norm (T2),
     angle $2\arcsin(\|\hat\theta-\hat\theta'\|/2)$ between $\theta$ and the new state (T6)."""
     n, d = th.shape
-    tot = 0.0
-    smin = math.inf
+    zero = th.dtype.type(0.0)
+    tot = zero
+    smin = th.dtype.type(math.inf)
     above = 0.0
-    tot_new = 0.0
+    tot_new = zero
     for i in range(n):
         s = th[i, 0] * th[i, 0]
         sn = new[i, 0] * new[i, 0]
@@ -327,7 +343,7 @@ def _tail_update(acc, k, th, new, loss, gsq, lr, al):
             above += 1.0
     na = math.sqrt(tot)
     nb = math.sqrt(tot_new)
-    c2 = 0.0
+    c2 = zero
     for i in range(n):
         for j in range(d):
             u = th[i, j] / na - new[i, j] / nb
@@ -341,9 +357,10 @@ def _twin_pull(new, twn, tw, w, individual, rho, radii, eps, tiny):
     $P(\text{new}+\epsilon\rho\,\delta/\|\delta\|)$ into ``tw`` (along ``w`` if the twins merged).
     A NaN distance propagates into the log (as np.maximum does) and re-seeds the twin along ``w``."""
     n, d = new.shape
-    dist2 = 0.0
+    zero = new.dtype.type(0.0)
+    dist2 = zero
     for i in range(n):
-        s = 0.0
+        s = zero
         for j in range(d):
             u = twn[i, j] - new[i, j]
             s += u * u
@@ -505,8 +522,8 @@ def build(jit):
                 bad = t
                 break
         matvec(Bs, x, y)
-        sq = 0.0
-        xy = 0.0
+        sq = x.dtype.type(0.0)
+        xy = sq
         for k in range(x.shape[1]):
             sq += x[0, k] * x[0, k]
             xy += x[0, k] * y[0, k]

@@ -1,16 +1,9 @@
 r"""Numba CPU kernels: ``prange`` over trajectories, summaries reduced in-kernel, no traces.
 
-Contract shared by every module of `kernels` (inputs already validated by
-``toymodel.backend``; outputs preallocated; no RNG; never imports toymodel):
-
-* ``theta`` ``(B, n, d)``, in/out: initial states on the constraint set, overwritten with the final
-  (or, for a failed trajectory, the frozen) state. Its dtype (float64 or float32) is the
-  computing dtype of the state; accumulators are float64.
-* ``elr`` ``(B,)``, ``alphas`` ``(B, n)``, ``twin_dirs`` ``(B, n, d)`` unit directions (or any
-  ``(1, n, d)`` array when ``use_twin`` is false), ``individual`` (bool), ``steps``, ``tail``,
-  ``eps`` (the twin offset, sqrt of machine eps of the dtype), ``tiny`` (smallest normal number).
-* outputs ``out`` ``(8, B)`` (summaries in the order of ``SUMMARY_NAMES``), ``status`` ``(B,)`` int8,
-  ``bad_step`` ``(B,)`` int64.
+Entry points `toy`, `rayleigh`, `is_available` with the protocol of `kernels._protocol`
+(``BatchInputs`` of NumPy arrays in, preallocated ``BatchOutputs`` filled; ``theta`` in/out; no
+RNG; never imports toymodel). The state's dtype (float64 or float32) is the computing dtype of
+every operation on the state, as in the specification; the tail accumulators are float64.
 
 The toy kernel runs the whole time loop of one trajectory inside one ``prange`` iteration, so its
 state stays in L1/L2 cache. The Rayleigh kernel (dense A shared by all trajectories) advances all
@@ -26,7 +19,9 @@ results change by less than the smallest normal number (2.2e-308), far inside th
 """
 from __future__ import annotations
 
+import hashlib
 import platform
+from pathlib import Path
 
 import numpy as np
 from llvmlite import ir
@@ -35,47 +30,45 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from . import _trajectory as _tr
+from ._protocol import BatchInputs, BatchOutputs
 
 
-def _drop_stale_cache():
-    """Key numba's on-disk cache on both kernel sources.
-
-    ``cache=True`` saves the compiled kernels (a first call costs ~7 s of JIT per process: every
-    CLI run and every Dask worker). numba invalidates a cached function only when *its own* file
-    changes, but the kernels here inline the functions of ``_trajectory.py``: after an edit there
-    they would keep the old code. So the cache files of both modules are deleted whenever the
-    hash of the two sources differs from the one recorded beside them. Best effort: a read-only
-    install (where numba caches elsewhere and nothing is edited) is left alone.
-    """
-    import hashlib
-    from pathlib import Path
-
-    here = Path(__file__).resolve().parent
-    cache = here / "__pycache__"
-    digest = hashlib.sha256(b"".join((here / f).read_bytes()
-                                     for f in ("_trajectory.py", "numba_cpu.py"))).hexdigest()
-    stamp = cache / "numba_cpu.sources-sha256"
+def _source_sha256() -> str | None:
+    """sha256 of ``_trajectory.py`` (``None`` when the source cannot be read)."""
     try:
-        if stamp.read_text() == digest:
-            return
-    except OSError:
-        pass
-    try:
-        for f in list(cache.glob("numba_cpu.*.nb[ci]")) + list(cache.glob("_trajectory.*.nb[ci]")):
-            f.unlink(missing_ok=True)
-        cache.mkdir(exist_ok=True)
-        stamp.write_text(digest)
-    except OSError:
-        pass
+        return hashlib.sha256(Path(_tr.__file__).read_bytes()).hexdigest()
+    except (OSError, TypeError):
+        return None
 
 
-_drop_stale_cache()
+# On-disk cache (``cache=True``: a first call costs ~7 s of JIT per process, every CLI run and every
+# Dask worker) keyed on the trajectory source. numba invalidates a cached function when *its own*
+# file changes (it stores a hash of that file in the index), but the two kernels below inline the
+# functions of ``_trajectory.py``: after an edit there numba would reload the old machine code.
+# So the kernels' ``__qualname__`` carries the sha256 of ``_trajectory.py`` (`_source_keyed`): numba
+# names its cache files after the qualified name, an edit of ``_trajectory.py`` gives new names, a
+# miss and a recompilation, and an edit of this file invalidates as usual. Nothing is deleted (the
+# old entries are orphaned: ``rm -r kernels/__pycache__`` reclaims them) and nothing global is
+# touched. Rejected: deleting stale files at import (races with processes loading them, surprising
+# in an install tree); ``NUMBA_CACHE_DIR`` per hash (process-global, would move every other
+# package's cache too); a custom cache locator (numba-internal classes, registered globally).
+# Without a readable source the kernels are not cached at all.
+_SOURCE_SHA = _source_sha256()
+_CACHE = _SOURCE_SHA is not None
+
+
+def _source_keyed(fn):
+    """Name ``fn`` after the trajectory source, so that numba's cache files are keyed on it."""
+    if _CACHE:
+        fn.__qualname__ = f"{fn.__name__}_src{_SOURCE_SHA[:16]}"
+    return fn
+
 
 # error_model="numpy": x/0 gives inf/nan (turned into a status code), never ZeroDivisionError.
 # fastmath reassoc+contract only: lets LLVM vectorise the sums of squares (rounding-level changes,
 # within the 1e-12 contract); no nnan/ninf, so NaN and inf checks stay meaningful.
 _FAST = {"reassoc", "contract"}
-_T = _tr.build(lambda f: njit(f, error_model="numpy", nogil=True, fastmath=_FAST, cache=True))
+_T = _tr.build(lambda f: njit(f, error_model="numpy", nogil=True, fastmath=_FAST, cache=_CACHE))
 _toy_run = _T.toy_run
 _rayleigh_substep = _T.rayleigh_substep
 _init_targets = _T.init_targets
@@ -119,10 +112,11 @@ def _set_fpmode(typingctx, value):
     return types.void(types.uint32), codegen
 
 
-@njit(parallel=True, error_model="numpy", fastmath=_FAST, cache=True)
-def toy_kernel(theta, elr, alphas, twin_dirs, use_twin, individual, steps, tail, eps, tiny,
-               out, status, bad_step):
-    """The canonical toy for ``B`` trajectories (see the module docstring for the contract)."""
+@njit(parallel=True, error_model="numpy", fastmath=_FAST, cache=_CACHE)
+@_source_keyed
+def _toy_kernel(theta, elr, alphas, twin_dirs, use_twin, individual, steps, tail, eps, tiny,
+                out, status, bad_step):
+    """The canonical toy for ``B`` trajectories (the fields of `BatchInputs`/`BatchOutputs`)."""
     B, n, d = theta.shape
     for b in prange(B):
         mode = _get_fpmode()   # per thread: flush subnormals to zero, restored below
@@ -140,17 +134,18 @@ def toy_kernel(theta, elr, alphas, twin_dirs, use_twin, individual, steps, tail,
         _set_fpmode(mode)
 
 
-@njit(parallel=True, error_model="numpy", fastmath=_FAST, cache=True)
-def rayleigh_kernel(theta, Bs, elr, alphas, twin_dirs, use_twin, steps, tail, eps, tiny,
-                    out, status, bad_step):
+@njit(parallel=True, error_model="numpy", fastmath=_FAST, cache=_CACHE)
+@_source_keyed
+def _rayleigh_kernel(theta, Bs, elr, alphas, twin_dirs, use_twin, steps, tail, eps, tiny,
+                     out, status, bad_step):
     r"""The SI Rayleigh quotient (``theta`` ``(B, 1, m)``, ``Bs`` = $A-\lambda_1I$ ``(m, m)``)."""
     B, _, m = theta.shape
     R = 2 * B if use_twin else B
     S = np.empty((R, m), theta.dtype)
     Y = np.empty((R, m), theta.dtype)
     NEW = np.empty((R, m), theta.dtype)
-    rho = np.empty(B, np.float64)
-    lr = np.empty(B, np.float64)
+    rho = np.empty(B, theta.dtype)   # the spec forms rho and the learning rate in the state's dtype
+    lr = np.empty(B, theta.dtype)
     radii = np.empty((B, 1), theta.dtype)
     acc = np.empty((B, _tr.N_ACC), np.float64)
     start = steps - tail
@@ -183,10 +178,33 @@ def rayleigh_kernel(theta, Bs, elr, alphas, twin_dirs, use_twin, steps, tail, ep
     _set_fpmode(mode)
     np.dot(S, Bs, Y)
     for b in prange(B):
-        sq = 0.0
-        xy = 0.0
+        sq = theta.dtype.type(0.0)
+        xy = sq
         for k in range(m):
             sq += S[b, k] * S[b, k]
             xy += S[b, k] * Y[b, k]
         theta[b, 0] = S[b]
         _finish(acc[b], out, b, tail, 1, use_twin, status[b] == 0, xy / sq)
+
+
+# -- entry points (kernels._protocol) ------------------------------------------------------------
+def toy(inputs: BatchInputs, outputs: BatchOutputs) -> None:
+    """The canonical toy for ``B`` trajectories; ``inputs.theta`` ends as the final states."""
+    i = inputs
+    _toy_kernel(i.theta, i.elr, i.alphas, i.twin_dirs, bool(i.use_twin), bool(i.individual),
+                int(i.steps), int(i.tail), i.eps, i.tiny, *outputs)
+
+
+def rayleigh(inputs: BatchInputs, outputs: BatchOutputs) -> None:
+    r"""The SI Rayleigh quotient (``theta`` ``(B, 1, m)``, ``inputs.shifted`` $=A-\lambda_1I$)."""
+    i = inputs
+    _rayleigh_kernel(i.theta, i.shifted, i.elr, i.alphas, i.twin_dirs, bool(i.use_twin),
+                     int(i.steps), int(i.tail), i.eps, i.tiny, *outputs)
+
+
+def is_available() -> bool:
+    """True: numba imported, and its CPU target needs nothing else."""
+    return True
+
+
+__all__ = ["is_available", "rayleigh", "toy"]

@@ -6,9 +6,9 @@ compiled as device functions. On the device, states are laid out ``(n, d, B)``: 
 works on the strided view ``theta[:, :, b]``, so a warp reads 32 neighbouring addresses
 (coalesced) for every coordinate.
 
-Host entry points `toy` and `rayleigh` take NumPy arrays with the contract of
-`kernels.numba_cpu` (``theta`` ``(B, n, d)`` in/out, preallocated ``out``/``status``/
-``bad_step``), copy to the device once, launch, and copy the results back once. The device
+Entry points `toy`, `rayleigh`, `is_available` with the protocol of `kernels._protocol`
+(``BatchInputs`` of NumPy arrays, preallocated ``BatchOutputs``): they copy to the device once,
+launch, and copy the results back once. The device
 launchers `launch_toy`, `launch_rayleigh_init`, `launch_rayleigh_step`,
 `launch_rayleigh_finish` work on device arrays (numba device arrays, CuPy arrays, or NumPy
 arrays under the simulator ``NUMBA_ENABLE_CUDASIM=1``) and are shared with `kernels.cupy_gpu`.
@@ -25,6 +25,7 @@ from numba import cuda
 from numba import float64 as _f64
 
 from . import _trajectory as _tr
+from ._protocol import BatchInputs, BatchOutputs
 
 _T = _tr.build(lambda f: cuda.jit(f, device=True))
 _toy_run = _T.toy_run
@@ -109,8 +110,8 @@ def _rayleigh_finish_kernel(S, Y, B, use_twin, tail, acc, out, status):
     b = cuda.grid(1)
     if b < B:
         m = S.shape[1]
-        sq = 0.0
-        xy = 0.0
+        sq = S.dtype.type(0.0)   # the final loss in the state's dtype, as the spec
+        xy = sq
         for k in range(m):
             sq += S[0, k, b] * S[0, k, b]
             xy += S[0, k, b] * Y[0, k, b]
@@ -181,38 +182,39 @@ def _copy_back(d_theta, theta, d_out, out, d_status, status, d_bad, bad_step):
     bad_step[...] = d_bad.copy_to_host()
 
 
-def toy(theta, elr, alphas, twin_dirs, use_twin, individual, steps, tail, eps, tiny, out,
-        status, bad_step):
-    """Host wrapper of the toy kernel (contract of `kernels.numba_cpu.toy_kernel`)."""
+def toy(inputs: BatchInputs, outputs: BatchOutputs) -> None:
+    """The canonical toy on the GPU, NumPy in and out (``inputs.theta`` ends as the final states)."""
+    i, (out, status, bad_step) = inputs, outputs
+    theta = i.theta
     B, n, d = theta.shape
     dt = theta.dtype
     d_theta = _to_ndb(theta)
-    d_w, d_tw, d_twn = _twin_buffers(use_twin, twin_dirs, (n, d, B), dt)
+    d_w, d_tw, d_twn = _twin_buffers(i.use_twin, i.twin_dirs, (n, d, B), dt)
     d_out = cuda.device_array(out.shape, out.dtype)
     d_status = cuda.device_array(B, np.int8)
     d_bad = cuda.device_array(B, np.int64)
-    launch_toy(d_theta, _dev(elr), _dev(alphas.T), d_w, use_twin, individual, steps, tail, eps,
-               tiny, cuda.device_array((n, d, B), dt), d_tw, d_twn,
+    launch_toy(d_theta, _dev(i.elr), _dev(i.alphas.T), d_w, i.use_twin, i.individual, i.steps,
+               i.tail, i.eps, i.tiny, cuda.device_array((n, d, B), dt), d_tw, d_twn,
                cuda.device_array((3, n, B), dt), d_out, d_status, d_bad)
     _copy_back(d_theta, theta, d_out, out, d_status, status, d_bad, bad_step)
 
 
-def rayleigh(theta, Bs, elr, alphas, twin_dirs, use_twin, steps, tail, eps, tiny, out, status,
-             bad_step):
-    """Host wrapper of the one-thread-per-trajectory Rayleigh kernel (``theta`` ``(B, 1, m)``)."""
+def rayleigh(inputs: BatchInputs, outputs: BatchOutputs) -> None:
+    """The one-thread-per-trajectory Rayleigh kernel (``theta`` ``(B, 1, m)``), NumPy in and out."""
+    i, (out, status, bad_step) = inputs, outputs
+    theta = i.theta
     B, n, m = theta.shape
     dt = theta.dtype
     d_theta = _to_ndb(theta)
-    d_w, d_tw, d_twn = _twin_buffers(use_twin, twin_dirs, (n, m, B), dt)
+    d_w, d_tw, d_twn = _twin_buffers(i.use_twin, i.twin_dirs, (n, m, B), dt)
     d_ytw = cuda.device_array(d_tw.shape, dt)
     d_out = cuda.device_array(out.shape, out.dtype)
     d_status = cuda.device_array(B, np.int8)
     d_bad = cuda.device_array(B, np.int64)
     blocks, tpb = _grid(B)
     _rayleigh_kernel[blocks, tpb](
-        _dev(Bs), d_theta,
-        _dev(elr), _dev(alphas.T),
-        d_w, bool(use_twin), int(steps), int(tail), eps, tiny, cuda.device_array((n, m, B), dt),
+        _dev(i.shifted), d_theta, _dev(i.elr), _dev(i.alphas.T), d_w, bool(i.use_twin),
+        int(i.steps), int(i.tail), i.eps, i.tiny, cuda.device_array((n, m, B), dt),
         cuda.device_array((n, m, B), dt), d_tw, d_ytw, d_twn, cuda.device_array((n, B), dt),
         d_out, d_status, d_bad)
     _copy_back(d_theta, theta, d_out, out, d_status, status, d_bad, bad_step)

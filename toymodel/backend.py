@@ -18,8 +18,6 @@ hides packages (see `toymodel._deps`). Kernels are imported here only, lazily.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from . import dynamics
@@ -42,12 +40,33 @@ def _is_cupy(a) -> bool:
     return a is not None and type(a).__module__.split(".")[0] == "cupy"
 
 
-def _simulator() -> bool:
-    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+#: why a kernel module's ``is_available()`` can be false, per backend.
+_UNAVAILABLE = {
+    "numba": "backend='numba' cannot run here (kernels.numba_cpu.is_available() is False); use "
+             f"backend='numpy'. Install: {INSTALL_HINTS['numba']}",
+    "cuda": "backend='cuda' needs an NVIDIA GPU with a working driver (numba.cuda.is_available() "
+            "is False); set NUMBA_ENABLE_CUDASIM=1 to run the kernel on the CPU simulator, or use "
+            f"backend='numba'. Install: {INSTALL_HINTS['numba_cuda']}",
+    "cupy": "backend='cupy' needs an NVIDIA GPU visible to CuPy; use backend='numba' on a CPU. "
+            f"Install: {INSTALL_HINTS['cupy']}",
+}
+
+
+def _kernel_module(name: str):
+    """The kernel module of backend ``name`` (imported here only, lazily)."""
+    if name == "numba":
+        from toymodel.kernels import numba_cpu as mod
+    elif name == "cuda":
+        from toymodel.kernels import numba_cuda as mod
+    else:
+        from toymodel.kernels import cupy_gpu as mod
+    return mod
 
 
 def _check_available(name: str) -> None:
     """Raise `BackendUnavailable` unless backend ``name`` can run here."""
+    if name == "numpy":
+        return
     feature = f"backend={name!r}"
     try:
         if name == "numba":
@@ -59,21 +78,8 @@ def _check_available(name: str) -> None:
             require("numba", feature)
     except ImportError as err:
         raise BackendUnavailable(str(err)) from None
-    if name == "cuda":
-        from toymodel.kernels import numba_cuda
-
-        if not numba_cuda.is_available():
-            raise BackendUnavailable(
-                "backend='cuda' needs an NVIDIA GPU with a working driver (numba.cuda.is_available() "
-                "is False); set NUMBA_ENABLE_CUDASIM=1 to run the kernel on the CPU simulator, or use "
-                f"backend='numba'. Install: {INSTALL_HINTS['numba_cuda']}")
-    if name == "cupy":
-        from toymodel.kernels import cupy_gpu
-
-        if not cupy_gpu.is_available():
-            raise BackendUnavailable(
-                "backend='cupy' needs an NVIDIA GPU visible to CuPy; use backend='numba' on a CPU. "
-                f"Install: {INSTALL_HINTS['cupy']}")
+    if not _kernel_module(name).is_available():
+        raise BackendUnavailable(_UNAVAILABLE[name])
 
 
 def available_backends() -> tuple:
@@ -128,7 +134,12 @@ def summarize(problem, theta0, elr, *, steps, tail, constraint="total", alphas=N
     float32 for the kernels), ``elr`` ``(B,)``, ``alphas`` ``(B, n)`` or ``None`` (the problem's),
     ``twin_dirs`` ``(B, n, d)`` unit directions for the Lyapunov twin or ``None``. Returns a dict of
     ``(B,)`` summaries named by ``dynamics.SUMMARY_NAMES`` plus ``status``, ``bad_step`` and
-    ``theta_final``, as arrays of the input's type (NumPy, or CuPy for ``backend="cupy"``).
+    ``theta_final``, as arrays of the input's type (NumPy, or CuPy for ``backend="cupy"``), and
+    ``backend``: the name of the backend that ran (a string, `resolve`'s answer).
+
+    Every backend gives the same ``status`` and ``bad_step`` as the NumPy specification, in float32
+    as in float64: the kernels compute the learning rate, the update and its norms in the state's
+    dtype, so an overflow there is flagged exactly where the spec flags it (docs/backends.md).
     """
     name = resolve(backend, theta0, elr, alphas, twin_dirs, problem=problem)
     steps = positive_int("steps", steps)
@@ -137,12 +148,15 @@ def summarize(problem, theta0, elr, *, steps, tail, constraint="total", alphas=N
         raise ValueError(f"tail must be an integer in [1, steps={steps}], got {tail}")
     constraint = constraint_name(constraint)
     if name == "numpy":
-        return dynamics.summarize_batch(problem, theta0, elr, steps=steps, tail=tail,
-                                        constraint=constraint, alphas=alphas, twin_dirs=twin_dirs)
-    if not isinstance(problem, KERNEL_PROBLEMS):
+        res = dynamics.summarize_batch(problem, theta0, elr, steps=steps, tail=tail,
+                                       constraint=constraint, alphas=alphas, twin_dirs=twin_dirs)
+    elif not isinstance(problem, KERNEL_PROBLEMS):
         raise ValueError(f"backend={name!r} has kernels for SphereToy and RayleighToy only, got "
                          f"{type(problem).__name__}; use backend='numpy'")
-    return _run_kernel(name, problem, theta0, elr, steps, tail, constraint, alphas, twin_dirs)
+    else:
+        res = _run_kernel(name, problem, theta0, elr, steps, tail, constraint, alphas, twin_dirs)
+    res["backend"] = name
+    return res
 
 
 def _kernel_inputs(xp, problem, theta0, elr, alphas, twin_dirs):
@@ -168,7 +182,7 @@ def _kernel_inputs(xp, problem, theta0, elr, alphas, twin_dirs):
         raise ValueError(f"alphas must broadcast to shape ({B}, {n}), got "
                          f"{tuple(xp.asarray(al).shape)}") from None
     if twin_dirs is None:
-        w = xp.zeros((1, n, d), dt)
+        w = None   # BatchInputs.of supplies the dummy
     else:
         w = xp.array(twin_dirs, dtype=dt, copy=True, order="C")
         if tuple(w.shape) != (B, n, d):
@@ -177,32 +191,19 @@ def _kernel_inputs(xp, problem, theta0, elr, alphas, twin_dirs):
 
 
 def _run_kernel(name, problem, theta0, elr, steps, tail, constraint, alphas, twin_dirs):
+    from toymodel.kernels._protocol import BatchInputs, BatchOutputs
+
     xp = _xp(name)
     theta, el, al, w = _kernel_inputs(xp, problem, theta0, elr, alphas, twin_dirs)
     dt = theta.dtype
-    B = theta.shape[0]
-    fi = np.finfo(dt)
-    # the twin offset of the spec: sqrt(machine eps) of the computing dtype, as a scalar of that dtype
-    eps, tiny = dt.type(np.sqrt(fi.eps)), dt.type(fi.tiny)
-    out = xp.empty((len(dynamics.SUMMARY_NAMES), B), dt)
-    status = xp.zeros(B, np.int8)
-    bad_step = xp.full(B, -1, np.int64)
-    use_twin = twin_dirs is not None
-    if name == "numba":
-        from toymodel.kernels import numba_cpu as mod
-    elif name == "cuda":
-        from toymodel.kernels import numba_cuda as mod
-    else:
-        from toymodel.kernels import cupy_gpu as mod
+    mod = _kernel_module(name)
+    shifted = None
     if isinstance(problem, RayleighToy):
-        Bs = xp.asarray(problem.A - problem.lambda_min * np.eye(problem.dim), dtype=dt)
-        mod_rayleigh = mod.rayleigh_kernel if name == "numba" else mod.rayleigh
-        mod_rayleigh(theta, Bs, el, al, w, use_twin, steps, tail, eps, tiny, out, status,
-                     bad_step)
-    else:
-        mod_toy = mod.toy_kernel if name == "numba" else mod.toy
-        mod_toy(theta, el, al, w, use_twin, constraint == "individual", steps, tail, eps, tiny,
-                out, status, bad_step)
-    res = {nm: out[j] for j, nm in enumerate(dynamics.SUMMARY_NAMES)}
-    res.update(status=status, bad_step=bad_step, theta_final=theta)
+        shifted = xp.asarray(problem.A - problem.lambda_min * np.eye(problem.dim), dtype=dt)
+    inputs = BatchInputs.of(theta, el, al, w, individual=constraint == "individual",
+                            steps=steps, tail=tail, shifted=shifted)
+    outputs = BatchOutputs.empty(xp, theta.shape[0], dt)
+    (mod.rayleigh if shifted is not None else mod.toy)(inputs, outputs)
+    res = {nm: outputs.out[j] for j, nm in enumerate(dynamics.SUMMARY_NAMES)}
+    res.update(status=outputs.status, bad_step=outputs.bad_step, theta_final=inputs.theta)
     return res
