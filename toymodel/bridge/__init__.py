@@ -3,7 +3,8 @@
 Imported explicitly (``import toymodel.bridge``); ``import toymodel`` never imports torch.
 
 * `si_groups`, `verify_scale_invariance`: SI parameter groups found structurally (T1);
-* `SphereSGD`: projected SGD with fixed ELR, the official code's semantics (T5-T7);
+* `SphereSGD`: projected SGD with fixed ELR, the official code's semantics (T5-T7), delegating
+  the rescale to a constraint object (`TotalSphere`, `GroupSpheres`, `FilterSpheres`);
 * `ConvNetSI`, `ResNet18SI`: the paper's reference networks;
 * `load_data`: digits (default, offline), CIFAR-10/100 from local files, synthetic;
 * `train`, `train_scan`, `run`: training with online metrics -> xarray Dataset; `RunSpec`:
@@ -15,6 +16,7 @@ Imported explicitly (``import toymodel.bridge``); ``import toymodel`` never impo
 
 User guide: docs/bridge.md.
 """
+from .constraints import Constraint, FilterSpheres, GroupSpheres, TotalSphere
 from .data import ImageData, load_data
 from .gradstats import gradient_statistics
 from .groups import SIGroup, si_groups, verify_scale_invariance
@@ -24,7 +26,7 @@ from .sharpness import ggn_trace, hessian_top_eigenvalues, hessian_trace
 from .sphere_optim import SGDMRT, AdamS, AdamSRT
 from .training import RunSpec, evaluate, parse_elrs, prepare, run, train, train_scan
 
-__all__ = ["AdamS", "AdamSRT", "ConvNetSI", "ImageData", "ResNet18SI", "RunSpec", "SGDMRT", "SIGroup",
+__all__ = ["AdamS", "AdamSRT", "Constraint", "ConvNetSI", "FilterSpheres", "GroupSpheres", "ImageData", "ResNet18SI", "RunSpec", "SGDMRT", "SIGroup",
            "SphereSGD", "build_model", "evaluate", "ggn_trace", "gradient_statistics",
            "hessian_top_eigenvalues", "hessian_trace", "load_data", "parse_elrs", "prepare", "run",
-           "si_groups", "train", "train_scan", "verify_scale_invariance"]
+           "si_groups", "TotalSphere", "train", "train_scan", "verify_scale_invariance"]
