@@ -16,6 +16,7 @@ def run(*args):
 def test_theory_json_matches_theory_functions(capsys):
     assert cli.main(["theory", "--alphas", "1,2,4", "--elr", "0.2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
+    # exact: the same functions on the same inputs, and JSON writes floats by repr (round-trips)
     assert out["total_threshold"] == theory.total_threshold([1, 2, 4])
     assert out["equilibrium_loss"] == theory.equilibrium_loss(0.2, [1, 2, 4])
     assert out["predict_regime"] == "chaotic_equilibrium"
