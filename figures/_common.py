@@ -24,9 +24,11 @@ STYLE = Path(__file__).with_name("toymodel.mplstyle")
 
 #: one colour per regime label, used for shading and for categorical maps.
 REGIME_COLORS = {"convergence": "#7fbf7b", "chaotic_equilibrium": "#fdb863",
-                 "divergence": "#e08080", "invalid": "#bbbbbb", "unresolved": "#9ecae1"}
+                 "divergence": "#e08080", "invalid": "#bbbbbb", "unresolved": "#9ecae1",
+                 "periodic": "#c2a5cf"}
 REGIME_TITLES = {"convergence": "convergence", "chaotic_equilibrium": "chaotic equilibrium",
-                 "divergence": "divergence", "invalid": "invalid", "unresolved": "unresolved"}
+                 "divergence": "divergence", "invalid": "invalid", "unresolved": "unresolved",
+                 "periodic": "periodic"}
 #: integer codes for saving labels in .npz files (index into this tuple).
 REGIME_CODES = regimes.LABELS
 ENGINES = ("auto", "scan", "direct")

@@ -45,8 +45,11 @@ import numpy as np
 REGIMES = ("convergence", "chaotic_equilibrium", "divergence")
 INVALID = "invalid"
 UNRESOLVED = "unresolved"
+#: conventional training (weight decay, no projection) that keeps converging and spiking: found by
+#: `toymodel.conventional.detect_periodic` (docs/conventional.md T25), not by the tail rules here.
+PERIODIC = "periodic"
 #: every label; the order is fixed (saved figures index into it), new labels go at the end.
-LABELS = REGIMES + (INVALID, UNRESOLVED)
+LABELS = REGIMES + (INVALID, UNRESOLVED, PERIODIC)
 CONV_RTOL = 1e-3
 DIV_FRAC = 0.9
 #: radians: a non-converged run whose tail turned by less than this in all has not settled.

@@ -338,3 +338,9 @@ def _predictions(elr, a):
         "predict_regime": predict_regime(elr, a, "total"),
         "predict_regime_individual": predict_regime(elr, a, "individual"),
     }
+
+
+# conventional training (weight decay, no projection): closed forms of docs/conventional.md
+from .theory_wd import (decay_product, wd_balance_rate, wd_elr_growth_steps,  # noqa: E402,F401
+                        wd_equilibrium_angle, wd_equilibrium_elr, wd_equilibrium_loss,
+                        wd_equilibrium_sq_norms, wd_rotation_angle)
