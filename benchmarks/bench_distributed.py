@@ -84,7 +84,8 @@ def timed_scan(kw, client=None, repeat=1):
 
 def warm_up(client, kw):
     """Run one tiny chunk on every worker (imports, JIT) and return the wall time."""
-    from toymodel.scan import _plan, compute_chunk
+    from toymodel._scan_plan import _plan
+    from toymodel.scan import compute_chunk
     plan = _plan(kw["problem_or_alphas"], kw["elrs"][:1], 1, 10, 1, "total", kw["backend"],
                  kw["dtype"], False, 1, 2)
     t = time.perf_counter()

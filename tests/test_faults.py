@@ -25,7 +25,7 @@ pytest.importorskip("zarr")
 
 from toymodel.cli import main as cli_main  # noqa: E402
 
-scan_mod = importlib.import_module("toymodel.scan")
+scan_mod = importlib.import_module("toymodel._scan_run")  # open_scan, and the planner _plan
 
 # 12 chunks of 2 cells: chunk k is the k-th ELR, its files are NAME/c/k/0/0
 ARGS = ["--alphas", "1,2,4", "--elrs", "0.05:5:12", "--seeds", "2", "--steps", "300", "--tail", "60",

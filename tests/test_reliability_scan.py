@@ -25,6 +25,8 @@ from toymodel import regimes  # noqa: E402
 from toymodel.cli import main as cli_main  # noqa: E402
 
 scan_mod = importlib.import_module("toymodel.scan")
+run_mod = importlib.import_module("toymodel._scan_run")  # the runner: compute_chunk, progress
+plan_mod = importlib.import_module("toymodel._scan_plan")  # _plan, the limits, memory_limit
 store_mod = importlib.import_module("toymodel._store")
 progress_mod = importlib.import_module("toymodel._progress")
 scan = scan_mod.scan
@@ -59,14 +61,14 @@ def ref(tmp_path_factory):
 def no_compute(monkeypatch):
     def fail(task):
         raise AssertionError("a chunk was computed before the refusal")
-    monkeypatch.setattr(scan_mod, "compute_chunk", fail)
+    monkeypatch.setattr(run_mod, "compute_chunk", fail)
 
 
 @pytest.fixture
 def record_compute(monkeypatch):
     computed = []
     real = scan_mod.compute_chunk
-    monkeypatch.setattr(scan_mod, "compute_chunk", lambda t: computed.append(t.chunk_id) or real(t))
+    monkeypatch.setattr(run_mod, "compute_chunk", lambda t: computed.append(t.chunk_id) or real(t))
     return computed
 
 
@@ -229,7 +231,7 @@ def test_api_store_in_a_missing_directory_is_refused(tmp_path, no_compute):
 # -- 4. one writer per store; no stray temporaries ----------------------------------------------------
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path, ref):
     path = tmp_path / "s.zarr"
-    plan = scan_mod._plan(ALPHAS, ELRS, 2, 300, 60, "total", "numpy", "float64", False, 4, 2)
+    plan = plan_mod._plan(ALPHAS, ELRS, 2, 300, 60, "total", "numpy", "float64", False, 4, 2)
     holder = store_mod.ScanStore.open_or_create(path, plan, lambda: scan_mod.template(plan))
     try:
         with pytest.raises(store_mod.StoreLockedError, match=f"process {os.getpid()}"):
@@ -288,7 +290,7 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path, ref):
     (["--seeds", "1,x"], ["--seeds must be"]),
     (["--seeds", "3,1,3"], ["--seeds must be distinct", "3 (2 times)"]),
     (["--seeds", "0"], ["--seeds (a count) must be an integer >= 1, got 0"]),
-    (["--steps", "10"], ["--tail must be in [1, --steps=10], got 2000, the default of --tail",
+    (["--steps", "10"], ["--tail must be an integer in [1, --steps=10], got 2000, the default of --tail",
                          "--tail with a value up to 10"]),
     (["--elrs", "0.1,0.2,0.1"], ["--elrs must be distinct", "0.1 (2 times)"]),
     (["--elrs", "0.1:0.1:5"], ["--elrs must be distinct", "0.1:0.1:1"]),
@@ -315,7 +317,7 @@ def test_huge_grids_are_refused_before_allocating(no_compute):
 
 
 def test_memory_limits_in_memory_and_per_chunk(tmp_path, monkeypatch, capsys, ref):
-    monkeypatch.setattr(scan_mod, "_machine_memory", lambda: 100_000)
+    monkeypatch.setattr(plan_mod, "memory_limit", lambda: 100_000)
     with pytest.raises(ValueError, match=r"in memory .*more than this machine's .*zarr store"):
         scan(ALPHAS, ELRS, **{**KW, "seeds": 50})
     refused(capsys, ARGV[:6] + ["50"] + ARGV[7:], "in memory", "--out NAME.zarr")
@@ -326,11 +328,11 @@ def test_memory_limits_in_memory_and_per_chunk(tmp_path, monkeypatch, capsys, re
 
 
 def test_store_chunk_count_and_pair_limits(tmp_path, monkeypatch, no_compute):
-    monkeypatch.setattr(scan_mod, "MAX_STORE_CHUNKS", 2)
+    monkeypatch.setattr(plan_mod, "MAX_STORE_CHUNKS", 2)
     with pytest.raises(ValueError, match="3 chunks, over the limit.*chunk_size of at least 6 cells"):
         scan(ALPHAS, ELRS, store=tmp_path / "s.zarr", **KW)
     assert not (tmp_path / "s.zarr").exists()
-    monkeypatch.setattr(scan_mod, "MAX_ELR_CONFIG_PAIRS", 5)
+    monkeypatch.setattr(plan_mod, "MAX_ELR_CONFIG_PAIRS", 5)
     with pytest.raises(ValueError, match=r"6 \(ELR, configuration\) pairs"):
         scan(ALPHAS, ELRS, **KW)
 
@@ -382,13 +384,13 @@ def test_a_resumed_bar_starts_at_the_done_work(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         scan(ALPHAS, ELRS, store=path, _after_chunk=stop, **KW)
     seen = []
-    real = scan_mod.progress
+    real = run_mod.progress
 
     def spy(**kw):
         seen.append(kw)
         return real(**kw)
 
-    monkeypatch.setattr(scan_mod, "progress", spy)
+    monkeypatch.setattr(run_mod, "progress", spy)
     scan(ALPHAS, ELRS, store=path, **KW)
     assert seen[0]["initial"] == 8 and seen[0]["total"] == 12
 
@@ -413,7 +415,7 @@ def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
             raise KeyboardInterrupt
         return real(task)
 
-    monkeypatch.setattr(scan_mod, "compute_chunk", interrupted)
+    monkeypatch.setattr(run_mod, "compute_chunk", interrupted)
     path = tmp_path / "s.zarr"
     assert cli_main(ARGV + ["--out", str(path)]) == 130
     err = capsys.readouterr().err
@@ -478,7 +480,7 @@ def test_no_module_global_hooks_and_explicit_callbacks(tmp_path):
     writes, chunks = [], []
     scan(ALPHAS, ELRS, store=tmp_path / "s.zarr", _after_write=lambda c, n: writes.append((c, n)),
          _after_chunk=lambda c, n: chunks.append((c, n)), **KW)
-    plan = scan_mod._plan(ALPHAS, ELRS, 2, 300, 60, "total", "numpy", "float64", False, 4, 2)
+    plan = plan_mod._plan(ALPHAS, ELRS, 2, 300, 60, "total", "numpy", "float64", False, 4, 2)
     assert writes == [(c, n) for c in range(3) for n in plan.cell_vars()]
     assert chunks == [(0, 1), (1, 2), (2, 3)]
 

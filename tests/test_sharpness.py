@@ -21,8 +21,8 @@ from torch.nn import functional as F  # noqa: E402
 from toymodel.bridge import SphereSGD, si_groups  # noqa: E402
 from toymodel.bridge.gradstats import gradient_statistics  # noqa: E402
 from toymodel.bridge.models import build_model  # noqa: E402
-from toymodel.bridge.sharpness import (  # noqa: E402
-    _rademacher, ggn_trace, hessian_top_eigenvalues, hessian_trace)
+from toymodel.bridge._operators import _rademacher  # noqa: E402
+from toymodel.bridge.sharpness import ggn_trace, hessian_top_eigenvalues, hessian_trace  # noqa: E402
 
 torch.set_num_threads(1)  # tiny nets: one thread is fastest, and the machine is shared
 N_PROBES = 400

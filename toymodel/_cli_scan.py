@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-#: the option each scan argument comes from, for messages (`toymodel.scan._plan`)
+#: the option each scan argument comes from, for messages (`toymodel._scan_plan._plan`)
 _NAMES = {"elrs": "--elrs", "seeds": "--seeds", "steps": "--steps", "tail": "--tail", "dim": "--dim",
           "chunk_size": "--chunk-size", "backend": "--backend", "store": "--out NAME.zarr"}
 #: defaults applied here, so that a message can say a value is a default the user never gave
@@ -79,9 +79,11 @@ def _cmd_verify(path) -> int:
 
 
 def _cmd_scan(args) -> int:
+    from ._scan_plan import _plan
+    from ._scan_run import _run
     from ._store import remove_stale_temporaries, write_netcdf_atomic
     from ._validate import output_path
-    from .scan import _plan, _run, agreement
+    from .scan import agreement
 
     if args.verify is not None:
         return _cmd_verify(args.verify)
@@ -100,8 +102,9 @@ def _cmd_scan(args) -> int:
                           overwrite_hint="--overwrite")
         remove_stale_temporaries(out)
         store = out if out.endswith(".zarr") else None
-    plan = _plan(configs, args.elrs, _seeds_arg(args.seeds), args.steps, args.tail, args.constraint,
-                 args.backend, args.dtype, args.lyapunov, args.chunk_size, args.dim,
+    plan = _plan(configs, args.elrs, _seeds_arg(args.seeds), steps=args.steps, tail=args.tail,
+                 constraint=args.constraint, backend=args.backend, dtype=args.dtype,
+                 lyapunov=args.lyapunov, chunk_size=args.chunk_size, dim=args.dim,
                  names=_NAMES, defaults=defaults)
     try:
         with _warnings_as_lines("scan"):

@@ -29,6 +29,10 @@ Protocol (one writer at a time, the process holding the lock):
    chunks and storage chunks coincide, a torn write never touches a finished chunk;
 6. opening a store whose manifest hash differs from the call's plan raises ``ValueError`` naming
    the parameters that differ.
+
+Modules: `toymodel._store_files` (atomic, durable file operations), `toymodel._store_markers`
+(completion markers and their checks), this one (the writer `ScanStore`, its lock, and the
+reader `open_store`).
 """
 from __future__ import annotations
 
@@ -37,31 +41,25 @@ import errno
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
-import uuid
 import warnings
 
 import numpy as np
+
+from ._store_files import (_TMP, _atomic_write_json, _fsync_dir, _fsync_file, _sha256_file,
+                           _tmp_name, remove_stale_temporaries, write_netcdf_atomic)
+from ._store_markers import (META, DamagedStoreError, _manifest, _read_markers, check_markers,
+                             describe_damage, verify_store)
 
 try:
     import fcntl
 except ImportError:  # not POSIX: no lock (a warning says so)
     fcntl = None
 
-META = ".toymodel"
-_TMP = re.compile(r"\.tmp-(\d+)-[0-9a-f]{8}")
-
-
-class DamagedStoreError(ValueError):
-    """A store whose completion markers do not match its files; ``damage`` lists
-    ``(chunk_id, what)`` pairs."""
-
-    def __init__(self, path, damage):
-        self.path, self.damage = path, list(damage)
-        super().__init__(f"the store {path} is damaged: {describe_damage(self.damage)}; re-run the "
-                         f"same scan to recompute the damaged chunks")
+__all__ = ["META", "DamagedStoreError", "RepairWarning", "ScanStore", "StoreLockedError",
+           "check_markers", "describe_damage", "open_store", "quiet_zarr", "remove_stale_temporaries",
+           "verify_store", "write_netcdf_atomic"]
 
 
 class StoreLockedError(ValueError):
@@ -78,11 +76,6 @@ class RepairWarning(UserWarning):
     """A damaged chunk was found and is being recomputed."""
 
 
-def describe_damage(damage, limit: int = 5) -> str:
-    text = "; ".join(f"chunk {c} ({what})" for c, what in damage[:limit])
-    return text + (f"; and {len(damage) - limit} more chunks" if len(damage) > limit else "")
-
-
 @contextlib.contextmanager
 def quiet_zarr():
     """Silence zarr's notices about fixed-width strings and consolidated metadata in format 3
@@ -94,155 +87,9 @@ def quiet_zarr():
         yield
 
 
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsync-ed
-        _fsync_file(path)
-
-
-def _tmp_name(path: str) -> str:
-    """A temporary sibling ``.NAME.tmp-PID-XXXXXXXX``: hidden, and its pid says whose it is."""
-    parent, base = os.path.split(path)
-    return os.path.join(parent, f".{base}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _atomic_write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    _fsync_dir(os.path.dirname(path))
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def remove_stale_temporaries(path) -> list:
-    """Remove the temporaries ``.NAME.tmp-PID-…`` next to ``path`` whose process is dead (left by a
-    killed creation or NetCDF write); return the paths removed."""
-    parent, base = os.path.split(os.path.abspath(os.fspath(path)))
-    pattern = re.compile(rf"\.{re.escape(base)}\.tmp-(\d+)-[0-9a-f]{{8}}$")
-    removed = []
-    with contextlib.suppress(OSError):
-        for name in os.listdir(parent):
-            m = pattern.match(name)
-            if m and not _pid_alive(int(m.group(1))):
-                full = os.path.join(parent, name)
-                if os.path.isdir(full) and not os.path.islink(full):
-                    shutil.rmtree(full, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        os.remove(full)
-                removed.append(full)
-    return removed
-
-
-def write_netcdf_atomic(ds, path) -> None:
-    """Write ``ds`` to ``path`` through a temporary file in the same directory, then rename: an
-    existing file is replaced only by a complete new one, and a failure leaves no temporary."""
-    path = os.path.abspath(os.fspath(path))
-    tmp = _tmp_name(path)
-    try:
-        ds.to_netcdf(tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    _fsync_dir(os.path.dirname(path))
-
-
 def _diff(old: dict, new: dict) -> list:
     keys = sorted(set(old) | set(new))
     return [k for k in keys if old.get(k) != new.get(k)]
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _marker_damage(root: str, marker: dict, full: bool):
-    """What is wrong with a chunk's files against its marker (``None`` if nothing): sizes always,
-    sha256 when ``full``."""
-    files = marker.get("files")
-    if not isinstance(files, dict):  # written before markers named their files
-        return "its marker records no file checksums (written by an older toymodel)" if full else None
-    for name, rec in files.items():
-        f = os.path.join(root, rec["path"])
-        try:
-            size = os.path.getsize(f)
-        except OSError:
-            size = None
-        if rec["size"] is None:
-            if size is not None:
-                return f"{name}: unexpected file {rec['path']}"
-            continue
-        if size is None:
-            return f"{name}: file {rec['path']} is missing"
-        if size != rec["size"]:
-            return f"{name}: file {rec['path']} has {size} bytes, expected {rec['size']}"
-        if full and _sha256_file(f) != rec["sha256"]:
-            return f"{name}: file {rec['path']} does not match its sha256"
-    return None
-
-
-def _read_markers(path: str):
-    """``(markers, damage)``: the readable completion markers by chunk id, and the unreadable ones."""
-    done_dir = os.path.join(path, META, "done")
-    markers, damage = {}, []
-    for n in sorted(os.listdir(done_dir)):
-        if not (n.endswith(".json") and n[:-5].isdigit()):
-            continue
-        c = int(n[:-5])
-        try:
-            with open(os.path.join(done_dir, n)) as f:
-                markers[c] = json.load(f)
-        except (OSError, ValueError):
-            damage.append((c, "its completion marker is unreadable"))
-    return markers, damage
-
-
-def check_markers(path, full: bool = True):
-    """``(done, damage)``: ids of the chunks whose files match their markers, and
-    ``(chunk_id, what)`` for those that do not."""
-    path = os.path.abspath(os.fspath(path))
-    markers, damage = _read_markers(path)
-    done = set()
-    for c, m in markers.items():
-        what = _marker_damage(path, m, full)
-        if what is None:
-            done.add(c)
-        else:
-            damage.append((c, what))
-    return done, sorted(damage)
 
 
 class _Lock:
@@ -453,23 +300,6 @@ class ScanStore:
             g.attrs.update({"backend": ",".join(backends), "complete": 1})
             zarr.consolidate_metadata(self.path)
         return open_store(self.path)
-
-
-def _manifest(path: str) -> dict:
-    manifest = os.path.join(path, META, "manifest.json")
-    if not os.path.exists(manifest):
-        raise FileNotFoundError(f"{path} is not a toymodel scan store (no {META}/manifest.json)")
-    with open(manifest) as f:
-        return json.load(f)
-
-
-def verify_store(path) -> dict:
-    """Check every marked chunk of a store against its marker (sizes and sha256): returns
-    ``{"path", "n_chunks", "done", "damage"}`` with ``damage`` a list of ``(chunk_id, what)``."""
-    path = os.path.abspath(os.fspath(path))
-    n_chunks = _manifest(path)["n_chunks"]
-    done, damage = check_markers(path, full=True)
-    return {"path": path, "n_chunks": n_chunks, "done": len(done), "damage": damage}
 
 
 def open_store(path, allow_incomplete: bool = False):

@@ -58,6 +58,26 @@ def positive_int(name: str, value, minimum: int = 1) -> int:
     return int(value)
 
 
+def tail_within(tail, steps: int, name: str = "tail", steps_name: str | None = "steps",
+                default: bool = False) -> int:
+    """Return ``tail`` as an int in ``[1, steps]``: the window a run's summaries average over is
+    at most the run. The one check of "tail <= steps" (scan, backend, solvers, regimes, bridge).
+
+    ``name`` is the argument's name in the message (the CLI's ``--tail``); ``steps_name`` labels
+    the bound (``"--steps"``: ``[1, --steps=10]``; ``None``: the number alone, ``[1, 10]``);
+    ``default`` says the value is a default the user never gave, and how to change it.
+    """
+    try:
+        value = positive_int(name, tail)
+    except ValueError:
+        value = None
+    if value is None or value > steps:
+        bound = f"{steps}" if steps_name is None else f"{steps_name}={steps}"
+        why = f", the default of {name}: pass {name} with a value up to {steps}" if default else ""
+        raise ValueError(f"{name} must be an integer in [1, {bound}], got {tail!r}{why}")
+    return value
+
+
 def constraint_name(constraint: str) -> str:
     """Check the constraint name: ``"total"`` or ``"individual"``."""
     if constraint not in CONSTRAINTS:

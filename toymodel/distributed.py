@@ -1,7 +1,7 @@
 """Scans on a Dask cluster (``dask.distributed``): the same chunk plan, computed on workers.
 
 The executor is generic: `run_chunks` receives the chunk function (the scan passes
-`toymodel.scan.compute_chunk`, pure: its result depends on the chunk's description only) and
+`toymodel._scan_chunk.compute_chunk`, pure: its result depends on the chunk's description only) and
 never imports the scan back. The client process gathers results as they complete and is the
 store's single writer (`toymodel._store`), so no two processes ever write zarr at once.
 

@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from .groups import SIGroup, si_groups
-from .sharpness import _as_params, _callable, _count, _scalar, _split
+from ._operators import _as_params, _callable, _count, _scalar, _split
 
 
 def _batches(n: int, batch_size: int) -> list:

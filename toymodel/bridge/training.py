@@ -22,39 +22,34 @@ A run is described by one frozen `RunSpec` (validated once, passed whole, STYLE 
 and `train_scan` build it from their keywords. Everything that can be refused is refused before
 the first step: bad values, a learning rate $\eta=\tilde\eta\rho^2$ the parameters' dtype
 cannot hold, a network or data set larger than the device's memory.
+
+Modules: this one (`RunSpec`, `run`, `train`, `train_scan`: a run from its parts or from names),
+`toymodel.bridge._measure` (the metrics of one run), `toymodel.bridge._checks` (the refusals
+made before any work), `toymodel.bridge._parts` (finished runs kept on disk).
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 import time
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
+from .._grids import elr_grid
 from .._progress import progress
-from .._validate import bounded_int, choice, positive_finite, positive_int
-from ..regimes import classify_summary
+from .._validate import bounded_int, choice, positive_finite, positive_int, tail_within
 from . import data as _data
 from . import models as _models
+from ._checks import DTYPES, _check_groups, _si_params, check_fits, check_lr, resolve_device
+from ._measure import (_allocate, _batches, _keep_epoch, _keep_steps, _summarise, _train_epoch,
+                       evaluate, random_level)
 from ._parts import RunParts
 from .groups import si_groups
 from .models import HEAD_NORM, build_model
 from .optim import CONSTRAINTS, SphereSGD
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: torch seeds its generators with an unsigned 64-bit integer; `random_level` adds 10 000
 MAX_SEED = 2**63 - 1
-#: copies of every parameter held at once: the parameter, its gradient, the copy kept for
-#: ``cosine_to_init``, the copy `random_level` restores, the optimiser's foreach temporaries
-_COPIES_PER_PARAM = 5
-#: SI groups of the reference networks, at most (ResNet18SI 12, ConvNetSI 4)
-_MAX_GROUPS = 12
-#: copies of every activation held at once: the forward output autograd keeps, and its
-#: gradient in the backward pass
-_COPIES_PER_ACTIVATION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,261 +82,11 @@ class RunSpec:
         put("record_every", positive_int("record_every", self.record_every, 1))
         put("eval_every", positive_int("eval_every", self.eval_every, 1))
         put("tail", max(1, self.epochs // 10) if self.tail is None
-            else bounded_int("tail", self.tail, 1, self.epochs))
+            else tail_within(self.tail, self.epochs, steps_name=None))
 
     def replace(self, **changes) -> RunSpec:
         """A copy with ``changes`` (validated again)."""
         return dataclasses.replace(self, **changes)
-
-
-def resolve_device(device) -> torch.device:
-    """``"cpu"`` | ``"cuda"`` | ``"cuda:N"``; CUDA without a GPU raises ``ValueError``."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but torch sees no CUDA GPU "
-                         f"(torch {torch.__version__}); use --device cpu")
-    return dev
-
-
-# -- refusals made before any work -----------------------------------------------------------------
-def _device_memory(dev: torch.device):
-    """Total memory of ``dev`` in bytes (``None`` where the platform does not say)."""
-    if dev.type == "cuda":
-        return torch.cuda.get_device_properties(dev).total_memory
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _human(nbytes) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if nbytes < 1000 or unit == "PB":
-            return f"{nbytes:.3g} {unit}"
-        nbytes /= 1000
-
-
-def _records_bytes(spec: RunSpec, steps_per_epoch: int, n_groups: int) -> int:
-    """The metric arrays of a run (module docstring): 8 + 3 per group per epoch, 3 per kept step."""
-    n_steps = spec.epochs * steps_per_epoch
-    return 8 * ((8 + 3 * n_groups) * spec.epochs + 3 * (-(-n_steps // spec.record_every)))
-
-
-def check_fits(model, data, *, width, dtype="float32", device="cpu", input_size=None,
-               spec: RunSpec | None = None) -> int:
-    """Estimate the memory a run needs and refuse (``ValueError``, with the numbers) when it
-    exceeds the device's total memory; return the estimate in bytes. Nothing is built.
-
-    The estimate adds the data (`toymodel.bridge.data.nbytes`), the parameters
-    (`toymodel.bridge.models.param_count`, 5 copies), and, given ``spec``, one mini-batch of
-    activations (`toymodel.bridge.models.activation_count`, 2 copies) and the metric arrays.
-    """
-    dev = resolve_device(device)
-    itemsize = torch.empty((), dtype=DTYPES[choice("dtype", dtype, DTYPES)]).element_size()
-    n_images, channels, side, classes = _data.SHAPES[choice("data", data, _data.DATASETS)]
-    size = side if input_size is None else positive_int("input_size", input_size, 4)
-    n_params = _models.param_count(model, width=width, num_classes=classes, in_channels=channels)
-    parts = {"data": _data.nbytes(data, input_size=input_size, itemsize=itemsize),
-             "parameters": _COPIES_PER_PARAM * n_params * itemsize}
-    if spec is not None:
-        batch = min(spec.batch_size, n_images)
-        acts = _models.activation_count(model, width=width, in_channels=channels, size=size)
-        parts["activations"] = _COPIES_PER_ACTIVATION * batch * acts * itemsize
-        parts["records"] = _records_bytes(spec, -(-n_images // batch), _MAX_GROUPS)
-    need, have = sum(parts.values()), _device_memory(dev)
-    if have is not None and need > have:
-        detail = ", ".join(f"{k} {_human(v)}" for k, v in parts.items())
-        raise ValueError(f"{model} width={width} on {data} ({size}x{size}, {dtype}) would need about "
-                         f"{_human(need)} of memory ({n_params:.3g} parameters; {detail}), more "
-                         f"than the {_human(have)} the device ({dev}) has; lower the width, batch_size, "
-                         "input_size or epochs")
-    return need
-
-
-def _si_params(groups) -> list:
-    out = []
-    for g in groups:
-        if hasattr(g, "params"):
-            out += list(g.params)
-        elif isinstance(g, dict) and g.get("si", True):
-            out += list(g["params"])
-        elif isinstance(g, torch.Tensor):
-            out.append(g)
-    return out
-
-
-def check_lr(elrs, params) -> None:
-    r"""Refuse (``ValueError``) every ELR whose learning rate $\eta=\tilde\eta\rho^2$ ($\rho$ the
-    total norm of ``params``) is not finite or exceeds the largest value of their dtype: the step
-    multiplies the gradient by $\eta$ in that dtype, and torch raises on the conversion."""
-    with torch.no_grad():
-        rho2 = float(sum(p.detach().double().square().sum() for p in params))
-    dtype = params[0].dtype
-    big = float(torch.finfo(dtype).max)
-    for elr in np.atleast_1d(np.asarray(elrs, dtype=np.float64)):
-        lr = float(elr) * rho2  # a Python float: inf on overflow, no exception
-        if not (math.isfinite(lr) and lr <= big):
-            raise ValueError(f"elr={float(elr)!r} gives the learning rate lr = elr*rho^2 = {lr:.3g} "
-                             f"(rho = {math.sqrt(rho2):.4g}), more than {dtype} holds "
-                             f"({big:.3g}); elr must be in (0, {big / rho2:.3g}] for this network")
-
-
-def _check_groups(model, groups) -> list:
-    groups = si_groups(model) if groups is None else list(groups)
-    in_groups = {id(p) for g in groups for p in (g.params if hasattr(g, "params") else g["params"])}
-    stray = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in in_groups]
-    if stray:
-        raise ValueError(f"trainable parameters outside the SI groups: {stray}; freeze them "
-                         "(requires_grad_(False)) or pass groups")
-    return groups
-
-
-# -- measurements --------------------------------------------------------------------------------
-def _batches(n, batch_size, gen):
-    perm = torch.randperm(n, generator=gen)
-    out = [perm[i:i + batch_size] for i in range(0, n, batch_size)]
-    # train-mode BatchNorm cannot normalise a single sample: fold a last batch of one into the previous
-    if len(out) > 1 and out[-1].numel() < 2:
-        out[-2] = torch.cat([out[-2], out.pop()])
-    return out
-
-
-@torch.no_grad()
-def _train_loss(model, x, y, batch_size):
-    """Mean train loss, train-mode BN (batch statistics), BN buffers restored afterwards."""
-    saved = {k: v.clone() for k, v in model.named_buffers()}
-    total = x.new_zeros(())
-    for i in range(0, x.shape[0], batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        if xb.shape[0] < 2:
-            continue
-        total += F.cross_entropy(model(xb), yb, reduction="sum")
-    for k, v in model.named_buffers():
-        v.copy_(saved[k])
-    return float(total) / x.shape[0]
-
-
-@torch.no_grad()
-def random_level(model, params, x, y, batch_size, n_draws=8, seed=0):
-    r"""The random level $L_{rand}$: mean train loss over the initial SI direction and
-    ``n_draws`` isotropic random ones (each SI tensor redrawn as a Gaussian, seeded by ``seed``).
-
-    The network analogue of the toy's ``random_loss()`` (the mean of the loss over the sphere):
-    a divergent run scrambles the direction every step and sits at this level. One draw (the
-    initialisation alone) fluctuates by ~10% between seeds, as much as the classifier's
-    ``div_frac`` margin, hence the average. Returns ``(random_level, init_loss)``.
-    """
-    saved = [p.detach().clone() for p in params]
-    gen = torch.Generator().manual_seed(10_000 + seed)
-    init = _train_loss(model, x, y, batch_size)
-    losses = [init]
-    try:
-        for _ in range(n_draws):
-            for p in params:
-                z = torch.randn(p.shape, generator=gen, dtype=torch.float64)
-                p.copy_((z * (p.norm().double().cpu() / z.norm())).to(p))
-            losses.append(_train_loss(model, x, y, batch_size))
-    finally:
-        for p, s in zip(params, saved):
-            p.copy_(s)
-    return float(np.mean(losses)), init
-
-
-@torch.no_grad()
-def evaluate(model, x, y, batch_size=1024):
-    """(loss, accuracy) in eval mode (BN running statistics), as the official ``eval``."""
-    was = model.training
-    model.eval()
-    loss, correct = x.new_zeros(()), 0
-    for i in range(0, x.shape[0], batch_size):
-        out = model(x[i:i + batch_size])
-        loss += F.cross_entropy(out, y[i:i + batch_size], reduction="sum")
-        correct += int((out.argmax(1) == y[i:i + batch_size]).sum())
-    model.train(was)
-    return float(loss) / x.shape[0], correct / x.shape[0]
-
-
-# -- one run, in small steps ---------------------------------------------------------------------
-_EPOCH_VARS = ("loss", "accuracy", "grad_norm", "angle", "si_norm", "cosine_to_init", "test_loss",
-               "test_accuracy")
-_GROUP_VARS = ("individual_elr", "shares", "group_grad_norm")
-_STEP_VARS = ("step_loss", "step_grad_norm", "step_angle")
-
-
-def _allocate(epochs, n_groups, n_records):
-    """NaN-filled metric arrays: per epoch, per epoch and group, per kept step."""
-    ep = {k: np.full(epochs, np.nan) for k in _EPOCH_VARS}
-    ep.update({k: np.full((epochs, n_groups), np.nan) for k in _GROUP_VARS})
-    return ep, {k: np.full(n_records, np.nan) for k in _STEP_VARS}
-
-
-def _train_epoch(model, opt, x, y, batches):
-    """One pass over ``batches``; the per-step metrics as host arrays (one synchronisation)."""
-    losses, corrects, gnorms, angles, ggn, sizes = [], [], [], [], [], []
-    for idx in batches:
-        idx = idx.to(x.device)
-        xb, yb = x[idx], y[idx]
-        opt.zero_grad(set_to_none=True)
-        out = model(xb)
-        loss = F.cross_entropy(out, yb)
-        loss.backward()
-        opt.step()
-        m = opt.last_metrics
-        losses.append(loss.detach())
-        corrects.append((out.detach().argmax(1) == yb).sum())
-        gnorms.append((m["sq_norm"].sum() * m["grad_sq"].sum()).sqrt())
-        angles.append(m["angle"])
-        ggn.append((m["sq_norm"] * m["grad_sq"]).sqrt())
-        sizes.append(idx.numel())
-    def host(tensors):
-        return torch.stack(tensors).double().cpu().numpy()
-
-    return {"L": host(losses), "G": host(gnorms), "A": host(angles), "ggn": host(ggn).mean(0),
-            "correct": float(torch.stack(corrects).sum()), "w": np.asarray(sizes, dtype=np.float64)}
-
-
-def _keep_steps(st, first_step, m, record_every):
-    """Write the epoch's steps whose global index is a multiple of ``record_every``."""
-    steps = first_step + np.arange(m["L"].size)
-    keep = steps % record_every == 0
-    k = steps[keep] // record_every
-    st["step_loss"][k], st["step_grad_norm"][k], st["step_angle"][k] = \
-        m["L"][keep], m["G"][keep], m["A"][keep]
-
-
-@torch.no_grad()
-def _keep_epoch(ep, e, m, opt, si_params, theta0):
-    """Epoch means of the step metrics, and the end-of-epoch geometry (norms, shares, T7)."""
-    w = m["w"]
-    ep["loss"][e] = float((m["L"] * w).sum() / w.sum())
-    ep["accuracy"][e] = m["correct"] / w.sum()
-    ep["grad_norm"][e], ep["angle"][e] = m["G"].mean(), m["A"].mean()
-    ep["group_grad_norm"][e] = m["ggn"]
-    sq = torch.stack([torch.stack(torch._foreach_norm(g["params"])).square().sum()
-                      for g in opt.param_groups]).double().cpu().numpy()
-    theta = torch.cat([p.detach().flatten() for p in si_params])
-    ep["cosine_to_init"][e] = float(theta @ theta0) / float(theta.norm() * theta0.norm())
-    ep["si_norm"][e] = math.sqrt(sq.sum())
-    ep["individual_elr"][e] = opt.lr / sq
-    ep["shares"][e] = sq / sq.sum()
-
-
-def _summarise(ep, spec, steps_per_epoch, random_loss, invalid):
-    """Tail means over the last ``spec.tail`` epochs and the regime (`classify_summary`)."""
-    tail = slice(spec.epochs - spec.tail, spec.epochs)
-    means = {}
-    for name, var in (("tail_loss", "loss"), ("tail_grad_norm", "grad_norm"), ("tail_angle", "angle")):
-        with np.errstate(all="ignore"):
-            means[name] = float("nan") if invalid else float(np.mean(ep[var][tail]))
-    labels, reasons = classify_summary(means["tail_loss"], random_loss, invalid_reason=invalid,
-                                       tail_angle=means["tail_angle"],
-                                       tail_steps=spec.tail * steps_per_epoch)
-    return {**means, "regime": str(labels), "regime_reason": str(reasons)}
 
 
 def _attrs(spec, opt, data, steps_per_epoch, attrs):
@@ -471,10 +216,8 @@ def train(*, elr, epochs, model="convnet-si", data="digits", width=8, batch_size
 def parse_elrs(text) -> np.ndarray:
     """``"a:b:N"`` -> N log-spaced values from a to b; ``"x,y,z"`` -> that list; a sequence as given.
 
-    The same grammar as the toy scans (`toymodel.scan.elr_grid`), so a network ELR scan and a
-    toy scan can be written with one grid."""
-    from ..scan import elr_grid
-
+    The same grammar as the toy scans (`toymodel._grids.elr_grid`, also `toymodel.scan.elr_grid`),
+    so a network ELR scan and a toy scan can be written with one grid."""
     return elr_grid(text)
 
 

@@ -1,0 +1,198 @@
+r"""The entry point of a scan: plan, refuse, open the destination, compute the chunks left, finish.
+
+Owns `scan` (the public function `toymodel.scan`), the runner `_run` that executes a validated
+`ScanPlan` in process or on a Dask cluster, the in-memory sink, and the readers of a finished
+store (`open_scan`, `verify_scan`). The chunk function `compute_chunk` is handed to the executor
+(`toymodel.distributed.run_chunks`), which never imports the scan; the store (`toymodel._store`)
+and the cluster are imported only when asked for.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._progress import progress
+from ._scan_chunk import compute_chunk
+from ._scan_dataset import template
+from ._scan_plan import _plan, check_memory
+
+
+def scan(problem_or_alphas, elrs, seeds=4, steps=20000, tail=2000, constraint="total",
+         backend="auto", dtype="float64", store=None, lyapunov=False, client=None,
+         chunk_size=None, progress_bar=True, dim=2, *, _after_chunk=None, _after_write=None):
+    r"""Run every cell of the grid ELR × configuration × seed and return an ``xarray.Dataset``.
+
+    Parameters
+    ----------
+    problem_or_alphas
+        A problem, a curvature sequence (a `SphereToy` of dimension ``dim``),
+        or a list of them (the ``config`` dimension). Configurations of different shapes are
+        run in separate kernel calls.
+    elrs
+        ELRs $\tilde\eta$ (T3): a sequence, ``"a:b:N"`` (N log-spaced) or ``"x,y,z"``.
+    seeds
+        A count ``N`` (seeds ``0..N-1``) or a sequence of distinct non-negative integers;
+        the initial state depends on the seed, the problem's shape and the constraint only.
+    steps, tail
+        Steps per trajectory and the tail window the summaries average over.
+    constraint
+        ``"total"`` or ``"individual"`` (T7).
+    backend
+        Passed unchanged to `toymodel.backend.summarize`.
+    dtype
+        ``"float64"`` or ``"float32"``: the computing dtype.
+    store
+        Path of a zarr store (``"scan.zarr"``): chunks are written as they finish and the same
+        call resumes an interrupted scan (see `toymodel._store`); a store made with other
+        parameters, or being written by another live process, raises ``ValueError``; a finished
+        chunk whose files no longer match its completion marker (deleted, truncated, altered) is
+        recomputed, with a ``RepairWarning``. The returned dataset then reads lazily from the store.
+    lyapunov
+        Also estimate the largest Lyapunov exponent (a twin trajectory per cell).
+    client
+        ``None`` (in-process), a ``dask.distributed.Client`` or a scheduler address
+        ``"tcp://host:port"``: chunks run on the Dask workers, the results are written here.
+    chunk_size
+        Cells per chunk (int) or ``(elr, config, seed)`` sizes; default from the work
+        per cell (`plan_chunks`).
+    progress_bar
+        Show cells done / total (a resumed scan starts at the cells already done).
+
+    Bad input, and a scan beyond the limits (`MAX_ELEMENT_STEPS`, the machine's memory for an
+    in-memory result or for one chunk, `MAX_STORE_CHUNKS`), raise ``ValueError`` before any work,
+    with the number the scan would need (docs/reliability.md).
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims ``(elr, config, seed)``; per-cell ``tail_loss``, ``tail_loss_std``,
+        ``final_loss``, ``min_share``, ``frac_above_threshold``, ``tail_grad_norm``, ``tail_angle``
+        (``lyapunov``), ``status``, ``bad_step``, ``regime``, ``regime_reason``; per configuration
+        ``alphas`` (dim ``group``), ``random_loss``, ``total_threshold``, ``divergence_threshold``;
+        per (elr, config) ``equilibrium_loss`` and ``predicted_regime``; provenance in attrs.
+    """
+    plan = _plan(problem_or_alphas, elrs, seeds, steps=steps, tail=tail, constraint=constraint,
+                 backend=backend, dtype=dtype, lyapunov=lyapunov, chunk_size=chunk_size, dim=dim)
+    return _run(plan, store=store, client=client, progress_bar=progress_bar,
+                after_chunk=_after_chunk, after_write=_after_write)
+
+
+def _run(plan, store=None, client=None, progress_bar=True, after_chunk=None, after_write=None,
+         names=None):
+    """Run a validated plan: check its memory, connect to the cluster, open (and check) the store,
+    compute the chunks not yet done, finish. Everything that can be refused is refused before the
+    first chunk is computed.
+
+    ``after_chunk(chunk_id, chunks_done)`` is called after each chunk is committed and
+    ``after_write(chunk_id, variable)`` after each variable of a chunk is written to the store:
+    the fault-injection tests stop or kill the process there. ``names`` as in `_plan`.
+    """
+    def label(key):
+        return (names or {}).get(key, key)
+
+    check_memory(plan, in_memory=store is None, label=label,
+                 store_hint=(names or {}).get("store", "store='NAME.zarr'"))
+    owned = False
+    if client is not None:  # connect first: an unreachable scheduler is refused before any work
+        from .distributed import connect
+        client, owned = connect(client)
+    try:
+        if store is None:
+            sink = _MemorySink(template(plan, lazy=False), plan)
+            todo = list(range(plan.n_chunks))
+        else:
+            from ._store import ScanStore
+            sink = ScanStore.open_or_create(store, plan, lambda: template(plan, lazy=True),
+                                            on_write=after_write)
+        try:
+            if store is not None:
+                todo = _trusted_todo(sink, plan)
+            return _compute(plan, sink, todo, client, progress_bar, after_chunk)
+        finally:
+            sink.close()
+    finally:
+        if owned:
+            client.close()
+
+
+def _trusted_todo(sink, plan) -> list:
+    """The chunks to compute: those without a marker, and those whose files no longer match it
+    (deleted, truncated, altered), which are discarded first with a `RepairWarning`."""
+    import warnings
+
+    from ._store import RepairWarning, describe_damage
+
+    done, damage = sink.check(full=True)
+    if damage:
+        warnings.warn(RepairWarning(f"{sink.path}: {describe_damage(damage)}; recomputing "
+                                    f"{'it' if len(damage) == 1 else f'these {len(damage)} chunks'}"),
+                      stacklevel=3)
+        sink.discard([c for c, _ in damage])
+    todo = [c for c in range(plan.n_chunks) if c not in done]
+    if todo:
+        sink.mark_incomplete()
+    return todo
+
+
+def _compute(plan, sink, todo, client, progress_bar, after_chunk):
+    """Compute ``todo`` (in process or on ``client``), committing each chunk to ``sink``."""
+    done_cells = plan.n_cells - sum(_cells(plan, c) for c in todo)
+    # the bar starts at the cells already done; its rate (and ETA) counts the new work only
+    with progress(total=plan.n_cells, desc="scan cells", disable=not progress_bar,
+                  initial=done_cells) as bar:
+        counter = [plan.n_chunks - len(todo)]
+
+        def commit(chunk_id, result):
+            sink.write(chunk_id, plan.region(chunk_id), result)
+            bar.update(_cells(plan, chunk_id))
+            counter[0] += 1
+            if after_chunk is not None:
+                after_chunk(chunk_id, counter[0])
+
+        tasks = ((c, plan.task(c)) for c in todo)
+        if client is None:
+            for c, task in tasks:
+                commit(c, compute_chunk(task))
+        else:
+            from .distributed import run_chunks
+            run_chunks(client, compute_chunk, tasks, commit)
+    return sink.finish()
+
+
+def _cells(plan, chunk_id) -> int:
+    return int(np.prod([s.stop - s.start for s in plan.region(chunk_id)]))
+
+
+class _MemorySink:
+    """Writes chunk results into an in-memory dataset (``store=None``)."""
+
+    def __init__(self, ds, plan):
+        self.ds, self.plan, self.backends = ds, plan, set()
+
+    def write(self, chunk_id, region, result):
+        for name in self.plan.cell_vars():
+            self.ds[name].values[region] = result[name]
+        self.backends.update(b for b in result["_backend"].split(",") if b)
+
+    def finish(self):
+        self.ds.attrs["backend"] = ",".join(sorted(self.backends))
+        return self.ds
+
+    def close(self):
+        pass
+
+
+def open_scan(path, allow_incomplete: bool = False):
+    """Open a scan store written by `scan` (lazy ``xarray.Dataset``); an unfinished store
+    raises ``ValueError`` unless ``allow_incomplete``, and a damaged one (a chunk file missing or
+    of the wrong size) raises ``ValueError`` naming the chunks, whatever ``allow_incomplete``:
+    re-running the scan recomputes them."""
+    from ._store import open_store
+    return open_store(path, allow_incomplete=allow_incomplete)
+
+
+def verify_scan(path) -> dict:
+    """Check every finished chunk of a scan store against the size and sha256 its completion
+    marker records: ``{"path", "n_chunks", "done", "damage"}``, ``damage`` a list of
+    ``(chunk_id, what)`` (empty for an intact store)."""
+    from ._store import verify_store
+    return verify_store(path)

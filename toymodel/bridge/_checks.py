@@ -1,0 +1,137 @@
+r"""Refusals a network run makes before any work: the device, the memory it needs, learning rates
+its dtype cannot hold, trainable parameters outside the SI groups.
+
+Owns `resolve_device`, `check_fits` (data + parameters + one mini-batch of activations + the
+metric arrays against the device's total memory), `check_lr` ($\eta=\tilde\eta\rho^2$ finite and
+representable) and the SI-group coverage check; nothing is built or trained here.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+
+from .._validate import choice, positive_int
+from . import data as _data
+from . import models as _models
+from .groups import si_groups
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: copies of every parameter held at once: the parameter, its gradient, the copy kept for
+#: ``cosine_to_init``, the copy `random_level` restores, the optimiser's foreach temporaries
+_COPIES_PER_PARAM = 5
+#: SI groups of the reference networks, at most (ResNet18SI 12, ConvNetSI 4)
+_MAX_GROUPS = 12
+#: copies of every activation held at once: the forward output autograd keeps, and its
+#: gradient in the backward pass
+_COPIES_PER_ACTIVATION = 2
+
+
+def resolve_device(device) -> torch.device:
+    """``"cpu"`` | ``"cuda"`` | ``"cuda:N"``; CUDA without a GPU raises ``ValueError``."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but torch sees no CUDA GPU "
+                         f"(torch {torch.__version__}); use --device cpu")
+    return dev
+
+
+# -- refusals made before any work -----------------------------------------------------------------
+def _device_memory(dev: torch.device):
+    """Total memory of ``dev`` in bytes (``None`` where the platform does not say)."""
+    if dev.type == "cuda":
+        return torch.cuda.get_device_properties(dev).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _human(nbytes) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if nbytes < 1000 or unit == "PB":
+            return f"{nbytes:.3g} {unit}"
+        nbytes /= 1000
+
+
+def _records_bytes(spec, steps_per_epoch: int, n_groups: int) -> int:
+    """The metric arrays of a run (`toymodel.bridge.training`): 8 + 3 per group per epoch, 3 per kept step."""
+    n_steps = spec.epochs * steps_per_epoch
+    return 8 * ((8 + 3 * n_groups) * spec.epochs + 3 * (-(-n_steps // spec.record_every)))
+
+
+def check_fits(model, data, *, width, dtype="float32", device="cpu", input_size=None,
+               spec=None) -> int:
+    """Estimate the memory a run needs and refuse (``ValueError``, with the numbers) when it
+    exceeds the device's total memory; return the estimate in bytes. Nothing is built.
+
+    The estimate adds the data (`toymodel.bridge.data.nbytes`), the parameters
+    (`toymodel.bridge.models.param_count`, 5 copies), and, given ``spec`` (a `RunSpec`), one
+    mini-batch of activations (`toymodel.bridge.models.activation_count`, 2 copies) and the metric
+    arrays.
+    """
+    dev = resolve_device(device)
+    itemsize = torch.empty((), dtype=DTYPES[choice("dtype", dtype, DTYPES)]).element_size()
+    n_images, channels, side, classes = _data.SHAPES[choice("data", data, _data.DATASETS)]
+    size = side if input_size is None else positive_int("input_size", input_size, 4)
+    n_params = _models.param_count(model, width=width, num_classes=classes, in_channels=channels)
+    parts = {"data": _data.nbytes(data, input_size=input_size, itemsize=itemsize),
+             "parameters": _COPIES_PER_PARAM * n_params * itemsize}
+    if spec is not None:
+        batch = min(spec.batch_size, n_images)
+        acts = _models.activation_count(model, width=width, in_channels=channels, size=size)
+        parts["activations"] = _COPIES_PER_ACTIVATION * batch * acts * itemsize
+        parts["records"] = _records_bytes(spec, -(-n_images // batch), _MAX_GROUPS)
+    need, have = sum(parts.values()), _device_memory(dev)
+    if have is not None and need > have:
+        detail = ", ".join(f"{k} {_human(v)}" for k, v in parts.items())
+        raise ValueError(f"{model} width={width} on {data} ({size}x{size}, {dtype}) would need about "
+                         f"{_human(need)} of memory ({n_params:.3g} parameters; {detail}), more "
+                         f"than the {_human(have)} the device ({dev}) has; lower the width, batch_size, "
+                         "input_size or epochs")
+    return need
+
+
+def _si_params(groups) -> list:
+    out = []
+    for g in groups:
+        if hasattr(g, "params"):
+            out += list(g.params)
+        elif isinstance(g, dict) and g.get("si", True):
+            out += list(g["params"])
+        elif isinstance(g, torch.Tensor):
+            out.append(g)
+    return out
+
+
+def check_lr(elrs, params) -> None:
+    r"""Refuse (``ValueError``) every ELR whose learning rate $\eta=\tilde\eta\rho^2$ ($\rho$ the
+    total norm of ``params``) is not finite or exceeds the largest value of their dtype: the step
+    multiplies the gradient by $\eta$ in that dtype, and torch raises on the conversion."""
+    with torch.no_grad():
+        rho2 = float(sum(p.detach().double().square().sum() for p in params))
+    dtype = params[0].dtype
+    big = float(torch.finfo(dtype).max)
+    for elr in np.atleast_1d(np.asarray(elrs, dtype=np.float64)):
+        lr = float(elr) * rho2  # a Python float: inf on overflow, no exception
+        if not (math.isfinite(lr) and lr <= big):
+            raise ValueError(f"elr={float(elr)!r} gives the learning rate lr = elr*rho^2 = {lr:.3g} "
+                             f"(rho = {math.sqrt(rho2):.4g}), more than {dtype} holds "
+                             f"({big:.3g}); elr must be in (0, {big / rho2:.3g}] for this network")
+
+
+def _check_groups(model, groups) -> list:
+    groups = si_groups(model) if groups is None else list(groups)
+    in_groups = {id(p) for g in groups for p in (g.params if hasattr(g, "params") else g["params"])}
+    stray = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in in_groups]
+    if stray:
+        raise ValueError(f"trainable parameters outside the SI groups: {stray}; freeze them "
+                         "(requires_grad_(False)) or pass groups")
+    return groups

@@ -1,0 +1,158 @@
+r"""What one network run measures, online: per step, per epoch, at the end (`toymodel.bridge.training`).
+
+Owns the mini-batch order (`_batches`), the random level (`random_level`), evaluation
+(`evaluate`), one epoch of training with its per-step metrics, their reduction to epoch means
+and end-of-epoch geometry (norms, shares, individual ELRs, T7), and the tail summary with its
+regime (`toymodel.regimes.classify_summary`). The metric arrays are NumPy; torch runs the steps.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..regimes import classify_summary
+
+
+def _batches(n, batch_size, gen):
+    perm = torch.randperm(n, generator=gen)
+    out = [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    # train-mode BatchNorm cannot normalise a single sample: fold a last batch of one into the previous
+    if len(out) > 1 and out[-1].numel() < 2:
+        out[-2] = torch.cat([out[-2], out.pop()])
+    return out
+
+
+@torch.no_grad()
+def _train_loss(model, x, y, batch_size):
+    """Mean train loss, train-mode BN (batch statistics), BN buffers restored afterwards."""
+    saved = {k: v.clone() for k, v in model.named_buffers()}
+    total = x.new_zeros(())
+    for i in range(0, x.shape[0], batch_size):
+        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+        if xb.shape[0] < 2:
+            continue
+        total += F.cross_entropy(model(xb), yb, reduction="sum")
+    for k, v in model.named_buffers():
+        v.copy_(saved[k])
+    return float(total) / x.shape[0]
+
+
+@torch.no_grad()
+def random_level(model, params, x, y, batch_size, n_draws=8, seed=0):
+    r"""The random level $L_{rand}$: mean train loss over the initial SI direction and
+    ``n_draws`` isotropic random ones (each SI tensor redrawn as a Gaussian, seeded by ``seed``).
+
+    The network analogue of the toy's ``random_loss()`` (the mean of the loss over the sphere):
+    a divergent run scrambles the direction every step and sits at this level. One draw (the
+    initialisation alone) fluctuates by ~10% between seeds, as much as the classifier's
+    ``div_frac`` margin, hence the average. Returns ``(random_level, init_loss)``.
+    """
+    saved = [p.detach().clone() for p in params]
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    init = _train_loss(model, x, y, batch_size)
+    losses = [init]
+    try:
+        for _ in range(n_draws):
+            for p in params:
+                z = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+                p.copy_((z * (p.norm().double().cpu() / z.norm())).to(p))
+            losses.append(_train_loss(model, x, y, batch_size))
+    finally:
+        for p, s in zip(params, saved):
+            p.copy_(s)
+    return float(np.mean(losses)), init
+
+
+@torch.no_grad()
+def evaluate(model, x, y, batch_size=1024):
+    """(loss, accuracy) in eval mode (BN running statistics), as the official ``eval``."""
+    was = model.training
+    model.eval()
+    loss, correct = x.new_zeros(()), 0
+    for i in range(0, x.shape[0], batch_size):
+        out = model(x[i:i + batch_size])
+        loss += F.cross_entropy(out, y[i:i + batch_size], reduction="sum")
+        correct += int((out.argmax(1) == y[i:i + batch_size]).sum())
+    model.train(was)
+    return float(loss) / x.shape[0], correct / x.shape[0]
+
+
+# -- one run, in small steps ---------------------------------------------------------------------
+_EPOCH_VARS = ("loss", "accuracy", "grad_norm", "angle", "si_norm", "cosine_to_init", "test_loss",
+               "test_accuracy")
+_GROUP_VARS = ("individual_elr", "shares", "group_grad_norm")
+_STEP_VARS = ("step_loss", "step_grad_norm", "step_angle")
+
+
+def _allocate(epochs, n_groups, n_records):
+    """NaN-filled metric arrays: per epoch, per epoch and group, per kept step."""
+    ep = {k: np.full(epochs, np.nan) for k in _EPOCH_VARS}
+    ep.update({k: np.full((epochs, n_groups), np.nan) for k in _GROUP_VARS})
+    return ep, {k: np.full(n_records, np.nan) for k in _STEP_VARS}
+
+
+def _train_epoch(model, opt, x, y, batches):
+    """One pass over ``batches``; the per-step metrics as host arrays (one synchronisation)."""
+    losses, corrects, gnorms, angles, ggn, sizes = [], [], [], [], [], []
+    for idx in batches:
+        idx = idx.to(x.device)
+        xb, yb = x[idx], y[idx]
+        opt.zero_grad(set_to_none=True)
+        out = model(xb)
+        loss = F.cross_entropy(out, yb)
+        loss.backward()
+        opt.step()
+        m = opt.last_metrics
+        losses.append(loss.detach())
+        corrects.append((out.detach().argmax(1) == yb).sum())
+        gnorms.append((m["sq_norm"].sum() * m["grad_sq"].sum()).sqrt())
+        angles.append(m["angle"])
+        ggn.append((m["sq_norm"] * m["grad_sq"]).sqrt())
+        sizes.append(idx.numel())
+    def host(tensors):
+        return torch.stack(tensors).double().cpu().numpy()
+
+    return {"L": host(losses), "G": host(gnorms), "A": host(angles), "ggn": host(ggn).mean(0),
+            "correct": float(torch.stack(corrects).sum()), "w": np.asarray(sizes, dtype=np.float64)}
+
+
+def _keep_steps(st, first_step, m, record_every):
+    """Write the epoch's steps whose global index is a multiple of ``record_every``."""
+    steps = first_step + np.arange(m["L"].size)
+    keep = steps % record_every == 0
+    k = steps[keep] // record_every
+    st["step_loss"][k], st["step_grad_norm"][k], st["step_angle"][k] = \
+        m["L"][keep], m["G"][keep], m["A"][keep]
+
+
+@torch.no_grad()
+def _keep_epoch(ep, e, m, opt, si_params, theta0):
+    """Epoch means of the step metrics, and the end-of-epoch geometry (norms, shares, T7)."""
+    w = m["w"]
+    ep["loss"][e] = float((m["L"] * w).sum() / w.sum())
+    ep["accuracy"][e] = m["correct"] / w.sum()
+    ep["grad_norm"][e], ep["angle"][e] = m["G"].mean(), m["A"].mean()
+    ep["group_grad_norm"][e] = m["ggn"]
+    sq = torch.stack([torch.stack(torch._foreach_norm(g["params"])).square().sum()
+                      for g in opt.param_groups]).double().cpu().numpy()
+    theta = torch.cat([p.detach().flatten() for p in si_params])
+    ep["cosine_to_init"][e] = float(theta @ theta0) / float(theta.norm() * theta0.norm())
+    ep["si_norm"][e] = math.sqrt(sq.sum())
+    ep["individual_elr"][e] = opt.lr / sq
+    ep["shares"][e] = sq / sq.sum()
+
+
+def _summarise(ep, spec, steps_per_epoch, random_loss, invalid):
+    """Tail means over the last ``spec.tail`` epochs and the regime (`classify_summary`)."""
+    tail = slice(spec.epochs - spec.tail, spec.epochs)
+    means = {}
+    for name, var in (("tail_loss", "loss"), ("tail_grad_norm", "grad_norm"), ("tail_angle", "angle")):
+        with np.errstate(all="ignore"):
+            means[name] = float("nan") if invalid else float(np.mean(ep[var][tail]))
+    labels, reasons = classify_summary(means["tail_loss"], random_loss, invalid_reason=invalid,
+                                       tail_angle=means["tail_angle"],
+                                       tail_steps=spec.tail * steps_per_epoch)
+    return {**means, "regime": str(labels), "regime_reason": str(reasons)}
