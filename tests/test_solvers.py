@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from toymodel import solvers, theory
+from toymodel import solvers, theory, thresholds
 from toymodel.problems import SphereToy
 
 A = [1.0, 2.0, 4.0]
@@ -67,7 +67,7 @@ def test_locate_total_threshold_on_random_instances(seed):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 9))
     alphas = np.exp(rng.uniform(np.log(0.1), np.log(10.0), n))
-    found = solvers.locate_total_threshold(SphereToy(alphas), steps=20000, rtol=5e-3)
+    found = thresholds.locate_total_threshold(SphereToy(alphas), steps=20000, rtol=5e-3)
     # not rounding: the final bracket (rtol 5e-3) and critical slowing down at c -> 1 bias the found
     # ELR (observed |rel| <= 1.7e-3 over 12 random instances); 0.02 leaves 10x
     assert abs(found / theory.total_threshold(alphas) - 1) < 0.02

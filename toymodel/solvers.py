@@ -21,7 +21,7 @@ import numpy as np
 from scipy import optimize
 
 from . import dynamics, regimes, sphere
-from ._validate import alphas_array, positive_finite, positive_int
+from ._validate import alphas_array, positive_finite, positive_int, tail_within
 from .problems import SphereToy, as_problem
 
 
@@ -147,9 +147,7 @@ def largest_lyapunov(problem, elr, steps=20000, tail=10000, seed=0, constraint="
     problem = as_problem(problem)
     elr = positive_finite("elr", elr)
     steps = positive_int("steps", steps)
-    tail = positive_int("tail", tail)
-    if tail > steps:
-        raise ValueError(f"tail must be <= steps ({steps}), got {tail}")
+    tail = tail_within(tail, steps)
     theta0, w = dynamics.initial_states(problem, [seed], constraint, twin=True)
     out = dynamics.summarize_batch(problem, theta0, np.array([elr]), steps=steps, tail=tail,
                                    constraint=constraint, twin_dirs=w)
@@ -157,7 +155,7 @@ def largest_lyapunov(problem, elr, steps=20000, tail=10000, seed=0, constraint="
 
 
 def locate_total_threshold(problem, lo=None, hi=None, steps=20000, tail=2000, rtol=2e-3,
-                           points=7, seed=0, backend="auto"):
+                           points=7, seed=0, summarize=None):
     r"""The ELR at which simulated projected GD stops converging, by bracketing.
 
     Every round runs ``points`` ELRs log-spaced inside the bracket as one batch, labels each run
@@ -165,9 +163,11 @@ def locate_total_threshold(problem, lo=None, hi=None, steps=20000, tail=2000, rt
     to the last converging / first non-converging pair; it stops when hi/lo - 1 < ``rtol``.
     The default bracket [1e-3, 1e3]/mean(alpha) only sets the scale; it is checked, not assumed.
     Returns the geometric midpoint of the final bracket.
-    """
-    from . import backend as _backend
 
+    ``summarize(problem, theta0, elrs, steps=, tail=)`` runs the batches: by default the NumPy
+    specification `toymodel.dynamics.summarize_batch`; `toymodel.thresholds.locate_total_threshold`
+    passes a compiled backend (this module, the math layer, knows no backend).
+    """
     problem = as_problem(problem)
     scale = float(np.mean(problem.alphas))
     lo = 1e-3 / scale if lo is None else positive_finite("lo", lo)
@@ -175,12 +175,14 @@ def locate_total_threshold(problem, lo=None, hi=None, steps=20000, tail=2000, rt
     if not lo < hi:
         raise ValueError(f"need lo < hi, got lo={lo!r}, hi={hi!r}")
     points = positive_int("points", points, minimum=1)
+    steps = positive_int("steps", steps)
+    tail = tail_within(tail, steps)
+    run = dynamics.summarize_batch if summarize is None else summarize
 
     def converges(elrs):
         theta0 = np.repeat(dynamics.initial_state(problem, seed)[None], elrs.size, axis=0)
-        out = _backend.summarize(problem, theta0, elrs, steps=steps, tail=tail, backend=backend)
-        status = out["status"]
-        reason = np.where(status != 0, "invalid", "")
+        out = run(problem, theta0, elrs, steps=steps, tail=tail)
+        reason = dynamics.status_reasons(out["status"])
         labels, _ = regimes.classify_summary(out["tail_loss"], problem.random_loss(),
                                              invalid_reason=reason)
         return labels == "convergence"
