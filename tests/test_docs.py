@@ -116,6 +116,15 @@ def test_site_uses_nothing_from_the_network(site):
                              css.read_text()), css
 
 
+def test_diagrams_render_from_a_local_mermaid(site):
+    """The theme fetches mermaid from a CDN unless a global ``mermaid`` exists: the site ships one
+    and every page with a diagram loads it, so docs/architecture.md draws offline too."""
+    page = (site / "architecture" / "index.html").read_text()
+    assert 'class="mermaid"' in page
+    assert re.search(r'<script[^>]+src="[./]*javascripts/vendor/mermaid\.min\.js"', page)
+    assert (site / "javascripts" / "vendor" / "mermaid.min.js").stat().st_size > 1_000_000
+
+
 def test_math_is_rendered_at_build_time(site):
     for page, least in (("theory", 50), ("index", 2), ("quickstart", 3), ("api", 20)):
         html = (site / ("index.html" if page == "index" else f"{page}/index.html")).read_text()
