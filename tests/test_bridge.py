@@ -498,8 +498,9 @@ def test_non_si_group_trained_with_its_own_lr():
 
 @pytest.mark.parametrize("kwargs, word", [
     ({"elr": -0.1}, "-0.1"), ({"elr": float("nan")}, "nan"), ({"constraint": "sphere"}, "'sphere'"),
-    ({"momentum": 0.9}, "momentum=0.9"), ({"weight_decay": 5e-4}, "weight_decay=0.0005"),
-    ({"radius": 0.0}, "radius"), ({"momentum": 1.5, "allow_nonstandard": True}, "1.5"),
+    ({"momentum": 1.0}, "momentum"), ({"weight_decay": 5e-4}, "weight_decay=0.0005"),
+    ({"radius": 0.0}, "radius"), ({"momentum": 1.5}, "1.5"),
+    ({"momentum_mode": "nesterov"}, "'nesterov'"),
 ])
 def test_sphere_sgd_rejects_bad_input(kwargs, word):
     model = _convnet()

@@ -351,21 +351,24 @@ def test_frozen_tensors_in_a_non_si_group_are_untouched():
 
 
 # -- momentum and weight decay per group ---------------------------------------------------------
-@pytest.mark.parametrize("key", ["momentum", "weight_decay"])
-def test_a_group_momentum_or_weight_decay_needs_allow_nonstandard(key):
+def test_a_group_weight_decay_needs_allow_nonstandard():
     model = _convnet()
     dicts = [g.as_param_group() for g in si_groups(model)]
-    dicts[1][key] = 0.5
-    with pytest.raises(ValueError, match=f"{key}=0.5"):
+    dicts[1]["weight_decay"] = 0.5
+    with pytest.raises(ValueError, match="weight_decay=0.5"):
         SphereSGD(dicts, ELR)
     opt = SphereSGD([g.as_param_group() for g in si_groups(model)], ELR)
-    opt.param_groups[1][key] = 0.5  # as a scheduler cycling the momentum would
+    opt.param_groups[1]["weight_decay"] = 0.5  # as a scheduler would
     before = _snapshot(model.parameters())
     _grads(model, [p for p in model.parameters() if p.requires_grad], *_batch())
     with pytest.raises(ValueError, match="allow_nonstandard"):
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # nothing written
     SphereSGD(dicts, ELR, allow_nonstandard=True).step()
+    # momentum needs no flag any more (tests/test_sphere_momentum.py), neither per group
+    dicts[1].pop("weight_decay")
+    dicts[1]["momentum"] = 0.5
+    SphereSGD(dicts, ELR).step()
 
 
 def test_momentum_state_is_a_heavy_ball_buffer_per_tensor():
@@ -373,7 +376,7 @@ def test_momentum_state_is_a_heavy_ball_buffer_per_tensor():
     groups = [g.params for g in si_groups(model)]
     ps = [p for g in groups for p in g]
     dicts = [{"params": g, "momentum": 0.9 if k == 0 else 0.0} for k, g in enumerate(groups)]
-    opt = SphereSGD(dicts, ELR, allow_nonstandard=True)
+    opt = SphereSGD(dicts, ELR)
     x, y = _batch()
     buf = None
     for _ in range(3):
@@ -448,8 +451,9 @@ def test_zero_filter_and_zero_group_are_refused_before_anything_is_written():
 
 
 # -- torch conventions ----------------------------------------------------------------------------
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_state_dict_round_trip_with_a_scheduler_resumes_bit_for_bit(momentum):
+@pytest.mark.parametrize("momentum, mode", [(0.0, "official"), (0.9, "official"),
+                                            (0.9, "transport")])
+def test_state_dict_round_trip_with_a_scheduler_resumes_bit_for_bit(momentum, mode):
     lambdas = [lambda e: 0.9 ** e, lambda e: 1.0, lambda e: 1.0 / (1 + e), lambda e: 1.0,
                lambda e: 0.5]
 
@@ -457,7 +461,7 @@ def test_state_dict_round_trip_with_a_scheduler_resumes_bit_for_bit(momentum):
         model.linear.requires_grad_(True)
         groups = si_groups(model) + [{"params": [model.linear.weight], "si": False, "lr": 0.05}]
         opt = SphereSGD(groups, kw.pop("elr", ELR), momentum=momentum,
-                        allow_nonstandard=bool(momentum), **kw)
+                        momentum_mode=kw.pop("momentum_mode", mode), **kw)
         return opt, S.LambdaLR(opt, lambdas)
 
     def steps(model, opt, sched, n):
@@ -479,11 +483,13 @@ def test_state_dict_round_trip_with_a_scheduler_resumes_bit_for_bit(momentum):
     other.load_state_dict(saved[0])
     # other values on purpose (the state overrides them), loaded in torch's order: optimizer and
     # scheduler built, then the optimizer's state, then the scheduler's
-    opt2, sched2 = build(other, elr=3 * ELR, radius=2.0, constraint="individual")
+    opt2, sched2 = build(other, elr=3 * ELR, radius=2.0, constraint="individual",
+                         momentum_mode="transport" if mode == "official" else "official")
     other.load_state_dict(saved[0])
     opt2.load_state_dict(saved[1])
     sched2.load_state_dict(saved[2])
     assert isinstance(opt2.constraint, TotalSphere) and opt2.rho == opt.rho
+    assert opt2.momentum_mode == mode
     assert [g["lr"] for g in opt2.param_groups] == [g["lr"] for g in saved[1]["param_groups"]]
     steps(other, opt2, sched2, 3)
     assert torch.equal(_flat(other.parameters()), expected)  # the same operations, same order

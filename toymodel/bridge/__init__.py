@@ -9,6 +9,8 @@ Imported explicitly (``import toymodel.bridge``); ``import toymodel`` never impo
 * `load_data`: digits (default, offline), CIFAR-10/100 from local files, synthetic;
 * `train`, `train_scan`, `run`: training with online metrics -> xarray Dataset; `RunSpec`:
   what one run does, validated once;
+* `SphereAdam`: Adam at a fixed ELR on the sphere (one second moment per unit, first moment
+  transported to the projected point; docs/sphere_optimizers.md);
 * `SGDMRT`, `AdamSRT`, `AdamS`: SGD-momentum and Adam with rescaled and transported moments
   (Roburin et al.; docs/sphere_optimizers.md);
 * `hessian_trace`, `hessian_top_eigenvalues`, `ggn_trace`, `gradient_statistics`: curvature and
@@ -23,10 +25,11 @@ from .groups import SIGroup, si_groups, verify_scale_invariance
 from .models import ConvNetSI, ResNet18SI, build_model
 from .optim import SphereSGD
 from .sharpness import ggn_trace, hessian_top_eigenvalues, hessian_trace
+from .sphere_adam import SphereAdam
 from .sphere_optim import SGDMRT, AdamS, AdamSRT
 from .training import RunSpec, evaluate, parse_elrs, prepare, run, train, train_scan
 
 __all__ = ["AdamS", "AdamSRT", "Constraint", "ConvNetSI", "FilterSpheres", "GroupSpheres", "ImageData", "ResNet18SI", "RunSpec", "SGDMRT", "SIGroup",
            "SphereSGD", "build_model", "evaluate", "ggn_trace", "gradient_statistics",
            "hessian_top_eigenvalues", "hessian_trace", "load_data", "parse_elrs", "prepare", "run",
-           "si_groups", "TotalSphere", "train", "train_scan", "verify_scale_invariance"]
+           "si_groups", "SphereAdam", "TotalSphere", "train", "train_scan", "verify_scale_invariance"]

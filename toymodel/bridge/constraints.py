@@ -29,9 +29,10 @@ for the constraints here; any picklable value its `rescale_` reads). The interfa
   bit (only where ``official`` is true);
 - `sq_partial(tensors)`, `dot_partial(xs, ys)`, `fold(partials)`: squared norms and inner
   products per unit, for the step metrics (docs/theory.md T6);
-- `n_units(groups)`.
-
-A new constraint is one subclass of `Constraint` with these methods.
+- `expand(groups, values)`: per-unit values back onto the tensors; with it the base class gives
+  `unit_sq` and `transport_` (SGDMRT's transport), needed by transported moments (`SphereAdam`,
+  `SphereSGD(momentum_mode="transport")`);
+- `n_units(groups)`. A new constraint is one subclass of `Constraint` with these methods.
 """
 from __future__ import annotations
 
@@ -163,6 +164,38 @@ class Constraint:
         """The units' values from every group's partials (1-D tensor, one entry per unit)."""
         return torch.cat([x.reshape(-1) for x in partials])
 
+    def expand(self, groups, values):
+        """Per-unit ``values`` (1-D, in the order of `fold`) as one factor per tensor,
+        broadcastable against it: ``[[f_p for p in ps] for ps in groups]``."""
+        raise NotImplementedError(f"constraint {self.name!r} has no expand")
+
+    def unit_sq(self, groups):
+        """$\\|x_u\\|^2$ for every unit (1-D), ``groups`` shaped like the SI groups."""
+        return self.fold([self.sq_partial(ps) for ps in groups])
+
+    def transport_(self, groups, olds, bufs):
+        r"""SGDMRT's order-1 transport of ``bufs`` from the points ``olds`` to ``groups``, in place,
+        unit by unit (docs/sphere_optimizers.md):
+
+        $$ b_u\leftarrow\frac{\langle\theta_u,\theta_{+u}\rangle b_u-\langle b_u,\theta_{+u}\rangle
+           \theta_u}{\|\theta_{+u}\|^2}, $$
+
+        tangent at $\theta_{+u}$ for every $b_u$, and $\|\theta_u\|/\|\theta_{+u}\|$ (1 up to
+        rounding on the unit's sphere) times the sphere's transport; device-side factors.
+        """
+        inv = self.unit_sq(groups).reciprocal()
+        along = self.fold([self.dot_partial(o, p) for o, p in zip(olds, groups)]) * inv
+        off = self.fold([self.dot_partial(b, p) for b, p in zip(bufs, groups)]) * inv
+        for os_, bs, fa, fb in zip(olds, bufs, self.expand(groups, along),
+                                   self.expand(groups, off)):
+            for o, b, x, y in zip(os_, bs, fa, fb):
+                b.mul_(x).sub_(o * y)
+
+    @property
+    def transportable(self) -> bool:
+        """Whether `expand` is implemented (transported moments)."""
+        return type(self).expand is not Constraint.expand
+
     def n_units(self, groups):
         """Number of units (spheres)."""
         raise NotImplementedError
@@ -216,6 +249,9 @@ class TotalSphere(Constraint):
     def fold(self, partials):
         return torch.stack(partials).sum(0, keepdim=True)
 
+    def expand(self, groups, values):
+        return [[values[0]] * len(ps) for ps in groups]
+
     def n_units(self, groups):
         return 1
 
@@ -253,6 +289,9 @@ class GroupSpheres(Constraint):
 
     def fold(self, partials):
         return torch.stack(partials)
+
+    def expand(self, groups, values):
+        return [[values[k]] * len(ps) for k, ps in enumerate(groups)]
 
     def n_units(self, groups):
         return len(groups)
@@ -329,6 +368,14 @@ class FilterSpheres(Constraint):
 
     def fold(self, partials):
         return torch.cat(partials)
+
+    def expand(self, groups, values):
+        out, start = [], 0
+        for ps in groups:
+            rows = values[start:start + ps[0].shape[0]]
+            start += ps[0].shape[0]
+            out.append([rows.view((-1,) + (1,) * (p.dim() - 1)) for p in ps])
+        return out
 
     def n_units(self, groups):
         return sum(ps[0].shape[0] for ps in groups)

@@ -1,9 +1,10 @@
 r"""`SphereSGD`: SGD on the sphere with a fixed effective learning rate, as a torch optimiser.
 
 One step (docs/theory.md T5, T7), with $\eta_g$ the learning rate of parameter group $g$
-(``param_groups[g]["lr"]``, $\tilde\eta\rho^2$ at construction):
+(``param_groups[g]["lr"]``, $\tilde\eta\rho^2$ at construction) and $d_g$ its step direction (the
+gradient; with momentum the buffer $b_g$ below):
 
-$$ v_g = \theta_g - \eta_g\nabla_g L(\theta), \qquad \theta \leftarrow \text{rescale}(v). $$
+$$ v_g = \theta_g - \eta_g d_g, \qquad \theta \leftarrow \text{rescale}(v). $$
 
 The rescale is the *constraint*, an object of `toymodel.bridge.constraints` to which the
 optimizer delegates (as geoopt's `RiemannianSGD` delegates to its manifold):
@@ -22,39 +23,48 @@ optimizer delegates (as geoopt's `RiemannianSGD` delegates to its manifold):
   total ELR, not the per-filter one (the official code does not say so).
 
 **Learning rates.** As in `torch.optim.SGD`, each group's current ``"lr"`` is what every step
-uses (the fused path, the tracked path and the official reductions alike), so per-group learning
-rates and every torch scheduler work unchanged. The ELR of an SI group is $\eta_g/\rho^2$:
-`SphereSGD.elrs` (one per SI group) and `SphereSGD.elr` read it from the current ``lr``; the
+uses, so per-group learning rates and every torch scheduler work unchanged. The ELR of an SI group
+is $\eta_g/\rho^2$: `SphereSGD.elrs` and `SphereSGD.elr` read it from the current ``lr``; the
 constructor's ``elr`` is only the initial value (no group stores it, so nothing goes stale).
 
 **Parameter groups.** The SI groups are fixed at construction: they define $\rho$ and the
 constraint set. `add_param_group` takes non-SI groups only (``"si": False`` and their own
-``"lr"``) and refuses an SI group. Non-SI groups are plain SGD, like `torch.optim.SGD` (tensors
-without a gradient are skipped; ``lr=0`` freezes them, as the official ``--noninvlr 0``). A tensor
-of an SI group must be floating point and require grad: a frozen tensor would enter $\rho$ and be
-rescaled at every step, so it is refused by name (the reference models' frozen head goes in no
-group, or in a non-SI group). A tensor of an SI group without a gradient at a step takes no SGD
-step (as a zero gradient) but is still rescaled with its unit.
+``"lr"``): plain SGD, like `torch.optim.SGD` (with their ``"momentum"``; tensors without a
+gradient are skipped; ``lr=0`` freezes them). A tensor of an SI group must be floating point and
+require grad (a frozen one would enter $\rho$ and be rescaled at every step). A tensor of an SI
+group without a gradient at a step takes no SGD step but is still rescaled with its unit.
+
+**Momentum** $\beta\in[0,1)$ (``momentum=``, or a group's ``"momentum"``, also changed later by
+a scheduler) keeps the heavy-ball buffer of `torch.optim.SGD` (dampening 0, no Nesterov):
+$b\leftarrow\beta b+\nabla L$ ($b=\nabla L$ at its first step), and $d=b$. ``momentum_mode``
+(global, like the constraint) says what happens to $b$ at the projection:
+
+* ``"official"`` (default): nothing. The step is exactly `torch.optim.SGD(momentum=β)` followed
+  by the rescale; $b$ sums gradients tangent at *earlier* points, so it is not tangent at the new
+  one, and the angle of a step no longer follows T6.
+* ``"transport"``: after the rescale, every unit's buffer is transported to the new point
+  $\theta_+$ by SGDMRT's rule (Roburin et al.; docs/sphere_optimizers.md),
+  $b\leftarrow(\langle\theta,\theta_+\rangle b-\langle b,\theta_+\rangle\theta)/\|\theta_+\|^2$:
+  tangent at $\theta_+$, with the norm ratio $\|\theta\|/\|\theta_+\|=1$ of the sphere. Then
+  $\tilde b=\rho b$ is the momentum of the unit sphere, $\tilde b\leftarrow\beta\Gamma(\tilde b)+
+  \tilde g$, and a step turns by $\tan\Delta=\tilde\eta\rho\|b\|$ (T6 with $b$ for $\nabla L$;
+  per unit). The buffer of a unit covers all its tensors, so once an SI group has momentum every
+  SI tensor holds a buffer (zeros until its first gradient; a group with momentum 0 has $b=
+  \nabla L$). Needs a constraint with `expand` (the built-in ones).
+
+**Weight decay** $\lambda$ adds $\lambda\theta$ to the gradient before the buffer; it changes the
+ELR (a plain step is the one with ELR $\tilde\eta/(1-\eta\lambda)$), so it is rejected unless
+``allow_nonstandard=True``, also when a group sets it.
 
 Norms are re-measured at every step (docs/theory.md §2, numerics) with ``torch._foreach_norm``;
 the rescale factor stays a device tensor (no host synchronisation).
-
-Momentum and weight decay change what "fixed ELR" means and are rejected unless
-``allow_nonstandard=True``, also when a group sets them (at construction or later, e.g. a
-scheduler that cycles the momentum). Their semantics then: weight decay adds $\lambda\theta$ to
-the gradient before the step; since the rescale removes the radial part, a step is the plain step
-with ELR $\tilde\eta/(1-\eta\lambda)$. Momentum keeps a heavy-ball buffer $b\leftarrow\mu b+
-\nabla L$ (dampening 0, as `torch.optim.SGD`) and steps along $-\eta b$; the buffer is *not*
-transported or rescaled, so the angular step no longer obeys T6 (the official code warns
-"fixing ELR with momentum is ambiguous").
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .constraints import BY_NAME, FilterSpheres, as_constraint
+from . import _sphere_base as base
+from .constraints import BY_NAME
 
 __all__ = ["SphereSGD"]
 
@@ -62,67 +72,28 @@ __all__ = ["SphereSGD"]
 CONSTRAINTS = tuple(BY_NAME)
 #: metrics exposed in ``optimizer.last_metrics`` after a step with ``track=True``
 TRACKED = ("sq_norm", "grad_sq", "angle")
+#: what ``momentum_mode`` does to the momentum buffer at the projection
+MOMENTUM_MODES = ("official", "transport")
 
 
-def _positive(name, value, allow_zero=False):
+def _momentum(name, value):
+    """$\\beta\\in[0,1)$, else `ValueError` naming it."""
     try:
         x = float(value)
     except (TypeError, ValueError):
         x = float("nan")
-    ok = math.isfinite(x) and (x >= 0 if allow_zero else x > 0)
-    if not ok or isinstance(value, bool):
-        rng = "[0, inf)" if allow_zero else "(0, inf)"
-        raise ValueError(f"{name} must be a finite number in {rng}, got {value!r}")
+    if isinstance(value, bool) or not 0 <= x < 1:  # NaN fails the comparison
+        raise ValueError(f"{name} must be a finite number in [0, 1), got {value!r}")
     return x
 
 
-def _flag(name, value):
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
+def _mode(name, value):
+    if not isinstance(value, str) or value not in MOMENTUM_MODES:
+        raise ValueError(f"{name} must be one of {MOMENTUM_MODES}, got {value!r}")
     return value
 
 
-def _is_named(item):
-    return (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
-            and isinstance(item[1], torch.Tensor))
-
-
-def _as_groups(params):
-    """Tensors or ``(name, tensor)`` pairs (one SI group), dicts, or objects with
-    ``as_param_group()`` (`SIGroup`)."""
-    if isinstance(params, torch.Tensor):
-        raise TypeError("params must be an iterable of tensors, (name, tensor) pairs, "
-                        f"parameter-group dicts or SIGroups, got a {torch.typename(params)}")
-    try:
-        items = list(params)
-    except TypeError:
-        raise TypeError(f"params must be an iterable of tensors, (name, tensor) pairs, "
-                        f"parameter-group dicts or SIGroups, got {params!r}") from None
-    if not items:
-        raise ValueError("params must not be empty")
-    if all(isinstance(p, torch.Tensor) for p in items) or all(_is_named(p) for p in items):
-        return [{"params": items}]
-    groups = []
-    for item in items:
-        if hasattr(item, "as_param_group"):
-            item = item.as_param_group()
-        if not isinstance(item, dict):
-            raise TypeError(f"params must be tensors, (name, tensor) pairs, or parameter groups "
-                            f"(dicts with 'params', SIGroups), got a {type(item).__name__} "
-                            "among them")
-        groups.append(dict(item))
-    return groups
-
-
-def _tensor_names(group):
-    """A readable name for each tensor of a group: its parameter name when known."""
-    names = group.get("param_names") or group.get("names")
-    if names is not None and len(names) == len(group["params"]):
-        return [repr(n) for n in names]
-    return [f"tensor {i} (shape {tuple(p.shape)})" for i, p in enumerate(group["params"])]
-
-
-class SphereSGD(torch.optim.Optimizer):
+class SphereSGD(base.SphereOptimizer):
     r"""Projected SGD with fixed ELR (module docstring; docs/theory.md T5, T7).
 
     Parameters
@@ -137,41 +108,43 @@ class SphereSGD(torch.optim.Optimizer):
         (`toymodel.bridge.constraints`).
     radius : $\rho$; default the current total norm of the SI parameters. When given, the
         SI parameters are rescaled onto it at construction (keeping their shares).
-    momentum, weight_decay : 0 unless ``allow_nonstandard=True`` (semantics in the module docstring).
-    allow_nonstandard : allow momentum and weight decay (globally or per group).
+    momentum : $\beta\in[0,1)$, the heavy-ball momentum of `torch.optim.SGD` (default 0).
+    momentum_mode : ``"official"`` (the buffer is left as is: `torch.optim.SGD` + rescale) or
+        ``"transport"`` (the buffer is transported to the new tangent space after the rescale);
+        module docstring.
+    weight_decay : $\lambda\ge0$, 0 unless ``allow_nonstandard=True``.
+    allow_nonstandard : allow weight decay (globally or per group). Momentum no longer needs it.
     track : compute per-step metrics into ``last_metrics`` (pre-step squared norms and squared
-        gradient norms per group, and the angle moved, T6); off by default (cheaper step).
+        norms of the step direction per group, and the angle moved, T6); off by default.
     official_reductions : reproduce the official code bit for bit (``"total"`` and
-        ``"per-filter"``): norms as Python sums of ``(p ** 2).sum().item()`` in parameter order,
-        one host float as the rescale factor, ``p.add_`` / ``p.mul_`` tensor by tensor, and the
-        per-filter learning rate from the norms after the initial rescale. Slower (one host
-        synchronisation per tensor); the default fused reductions differ from it by rounding
-        only (docs/bridge.md).
+        ``"per-filter"``, no momentum, weight decay or tracking): norms as Python sums of
+        ``(p ** 2).sum().item()`` in parameter order, one host float as the rescale factor,
+        ``p.add_`` / ``p.mul_`` tensor by tensor, and the per-filter learning rate from the norms
+        after the initial rescale. Slower; the default fused reductions differ from it by
+        rounding only (docs/bridge.md).
 
     Attributes
     ----------
     constraint : the `Constraint` object.
-    rho, lr, elr, elrs, n_units, n_filters : read-only, from the parameter groups (below).
+    momentum_mode : ``"official"`` or ``"transport"`` (follows a loaded state dict).
+    rho, lr, elr, elrs, n_units, n_filters : read-only, from the parameter groups.
     last_metrics : the metrics of the last tracked step (``TRACKED``).
     """
 
     def __init__(self, params, elr, constraint="total", radius=None, *, momentum=0.0,
-                 weight_decay=0.0, allow_nonstandard=False, track=False,
-                 official_reductions=False):
-        elr = _positive("elr", elr)
-        self.constraint = as_constraint(constraint)
-        momentum = _positive("momentum", momentum, allow_zero=True)
-        weight_decay = _positive("weight_decay", weight_decay, allow_zero=True)
-        self.allow_nonstandard = _flag("allow_nonstandard", allow_nonstandard)
-        self.track = _flag("track", track)
-        self.official_reductions = _flag("official_reductions", official_reductions)
-        if (momentum or weight_decay) and not allow_nonstandard:
-            raise ValueError(f"momentum={momentum!r} and weight_decay={weight_decay!r} break the "
-                             "fixed-ELR dynamics; pass allow_nonstandard=True to use them "
-                             "(semantics in the SphereSGD docstring)")
-        if momentum >= 1:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-        radius = None if radius is None else _positive("radius", radius)
+                 momentum_mode="official", weight_decay=0.0, allow_nonstandard=False,
+                 track=False, official_reductions=False):
+        self.constraint = base.as_constraint(constraint)
+        momentum = _momentum("momentum", momentum)
+        self.momentum_mode = _mode("momentum_mode", momentum_mode)
+        weight_decay = base.positive("weight_decay", weight_decay, allow_zero=True)
+        self.allow_nonstandard = base.flag("allow_nonstandard", allow_nonstandard)
+        self.track = base.flag("track", track)
+        self.official_reductions = base.flag("official_reductions", official_reductions)
+        if weight_decay and not allow_nonstandard:
+            raise ValueError(f"weight_decay={weight_decay!r} changes the fixed ELR; pass "
+                             "allow_nonstandard=True to use it (semantics in the SphereSGD "
+                             "docstring)")
         if official_reductions and (not self.constraint.official or track or momentum
                                     or weight_decay):
             raise ValueError("official_reductions reproduces the official code's two modes: "
@@ -179,214 +152,101 @@ class SphereSGD(torch.optim.Optimizer):
                              f"weight decay; got constraint={self.constraint.name!r}, "
                              f"track={track!r}, momentum={momentum!r}, "
                              f"weight_decay={weight_decay!r}")
-        self._building = True
-        defaults = {"momentum": momentum, "weight_decay": weight_decay,
-                    "constraint": self.constraint.name}
-        super().__init__(_as_groups(params), defaults)
-        self._building = False
+        self._check_transportable()
         self.last_metrics = {}
-        si = self._si_groups()
-        if not si:
-            raise ValueError("no SI parameter group: pass at least one group without 'si': False")
-        self._setup(si, radius, elr)
+        self._build(params, elr, radius,
+                    {"momentum": momentum, "weight_decay": weight_decay,
+                     "momentum_mode": self.momentum_mode})
 
-    # -- parameter groups --------------------------------------------------------------------------
-    def add_param_group(self, param_group):
-        """Add a parameter group (torch's `Optimizer.add_param_group`, validated).
+    def _check_transportable(self):
+        if self.momentum_mode == "transport" and not self.constraint.transportable:
+            raise ValueError(f"momentum_mode='transport' needs a constraint with expand(); "
+                             f"{self.constraint!r} has none")
 
-        After construction only non-SI groups can be added: ``{"params": ..., "si": False,
-        "lr": ...}``. An SI group raises `ValueError`: the SI groups define $\\rho$ and the
-        constraint set, fixed at construction (pass every SI group to `SphereSGD`).
-        """
-        if not isinstance(param_group, dict):
-            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
-        group = dict(param_group)
-        k = len(self.param_groups)
-        label = f"param_groups[{k}]" + (f" ({group['name']!r})" if "name" in group else "")
-        if "params" not in group:
-            raise ValueError(f"{label} needs 'params', got keys {sorted(group)}")
-        params = group["params"]
-        if isinstance(params, torch.Tensor):
-            params = [params]
-        elif isinstance(params, (set, frozenset)):
-            raise TypeError(f"'params' of {label} must be an ordered collection (a list), got a "
-                            "set")
-        params = list(params)
-        if params and all(_is_named(p) for p in params):  # torch's named parameters
-            group["param_names"] = [n for n, _ in params]
-            params = [p for _, p in params]
-        for i, p in enumerate(params):
-            if not isinstance(p, torch.Tensor):
-                raise TypeError(f"'params' of {label} must be tensors, got a "
-                                f"{type(p).__name__} at position {i}")
-        group["params"] = params
-        if "si" not in group:
-            if not self._building:
-                raise ValueError(f"add_param_group: {label} needs 'si': False (only non-SI groups "
-                                 "can be added after construction) and its own 'lr'")
-            group["si"] = True
-        si = group["si"]
-        if not isinstance(si, bool):
-            raise TypeError(f"'si' of {label} must be True or False, got {si!r}")
-        if si:
-            self._check_si_group(group, label)
-        else:
-            if "lr" not in group:
-                raise ValueError(f"non-SI group {label} needs its own 'lr' (0 freezes it)")
-            if "elr" in group:
-                raise ValueError(f"non-SI group {label} takes 'lr', not 'elr' (it is plain SGD)")
-            group["lr"] = _positive(f"lr of non-SI group {label}", group["lr"], allow_zero=True)
-        for key in ("momentum", "weight_decay"):
-            if key in group:
-                group[key] = _positive(f"{key} of {label}", group[key], allow_zero=True)
+    # -- hooks of the base class -------------------------------------------------------------------
+    def _lr_scale(self, groups, rho, targets):
+        return [self.constraint.sq_radius(groups, rho, self.official_reductions)] * len(groups)
+
+    def _elr_of(self, group):
+        return group["lr"] / group["rho"] ** 2
+
+    def _check_options(self, group, label):
+        if "momentum" in group:
+            group["momentum"] = _momentum(f"momentum of {label}", group["momentum"])
+        if "weight_decay" in group:
+            group["weight_decay"] = base.positive(f"weight_decay of {label}",
+                                                  group["weight_decay"], allow_zero=True)
+        if "momentum_mode" in group:
+            _mode(f"momentum_mode of {label}", group["momentum_mode"])
         self._check_hyper(group, label)
-        super().add_param_group(group)
-        self._plan_key = None
-
-    def _check_si_group(self, group, label):
-        if not self._building:
-            raise ValueError(f"add_param_group: {label} is an SI group, but the SI groups are fixed "
-                             "at construction (they define rho and the constraint set); pass "
-                             "every SI group to SphereSGD(...), or add this one with 'si': False "
-                             "and its own 'lr'")
-        if "lr" in group:
-            raise ValueError(f"SI group {label} got 'lr'={group['lr']!r}: an SI group's lr is "
-                             "elr * rho**2; set its 'elr' instead (or 'si': False for a non-SI "
-                             "group)")
-        if "elr" in group:
-            group["elr"] = _positive(f"elr of {label}", group["elr"])
-        if "constraint" in group:
-            if as_constraint(group["constraint"]) != self.constraint:
-                raise ValueError(f"the constraint is global: set it on SphereSGD, not per group; "
-                                 f"{label} has {group['constraint']!r}, SphereSGD "
-                                 f"{self.constraint.name!r}")
-            group["constraint"] = self.constraint.name
-        ps = group["params"]
-        if not ps:
-            raise ValueError(f"SI group {label} has no parameters")
-        names = _tensor_names(group)
-        ints = [f"{n}: {p.dtype}" for n, p in zip(names, ps) if not p.is_floating_point()]
-        if ints:
-            raise TypeError(f"the tensors of SI group {label} must be floating point, got "
-                            f"{', '.join(ints)}")
-        frozen = [n for n, p in zip(names, ps) if not p.requires_grad]
-        if frozen:
-            raise ValueError(f"SI group {label} has tensors with requires_grad=False: "
-                             f"{', '.join(frozen)}; a frozen tensor would enter rho and be "
-                             "rescaled at every step. Pass only trainable SI tensors "
-                             "(si_groups(model)), or put these in a group with 'si': False")
 
     def _check_hyper(self, group, label):
-        """The fixed-ELR guards, at construction, in `add_param_group` and when a group changes."""
+        """The guards, at construction, in `add_param_group` and when a group changes."""
         mom, wd = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
-        if (mom or wd) and not self.allow_nonstandard:
-            raise ValueError(f"{label} has momentum={mom!r} and weight_decay={wd!r}, which break "
-                             "the fixed-ELR dynamics; pass allow_nonstandard=True to use them")
-        if not 0 <= mom < 1:
-            raise ValueError(f"momentum of {label} must be in [0, 1), got {mom!r}")
+        if wd and not self.allow_nonstandard:
+            raise ValueError(f"{label} has weight_decay={wd!r}, which changes the fixed ELR; "
+                             "pass allow_nonstandard=True to use it")
+        _momentum(f"momentum of {label}", mom)
+        mode = group.get("momentum_mode", self.momentum_mode)
+        if mode != self.momentum_mode:
+            raise ValueError(f"momentum_mode is global: set it on SphereSGD, not per group; "
+                             f"{label} has {mode!r}, SphereSGD {self.momentum_mode!r}")
         if self.official_reductions and (mom or wd):
             raise ValueError(f"official_reductions has no momentum or weight decay; {label} has "
                              f"momentum={mom!r}, weight_decay={wd!r}")
 
-    def _si_groups(self):
-        return [g for g in self.param_groups if g["si"]]
-
-    @torch.no_grad()
-    def _setup(self, si, radius, elr):
-        groups = [g["params"] for g in si]
-        labels = [f"param_groups[{k}]" + (f" ({g['name']!r})" if "name" in g else "")
-                  for k, g in enumerate(self.param_groups) if g["si"]]
-        rho, targets = self.constraint.setup_(groups, radius, self.official_reductions, labels)
-        base = self.constraint.sq_radius(groups, rho, self.official_reductions)
-        for g, t in zip(si, targets):
-            g["rho"] = rho
-            g["target"] = t
-            g["lr"] = g.pop("elr", elr) * base
-
     def load_state_dict(self, state_dict):
-        """torch's `load_state_dict`; the constraint follows the saved one (by name)."""
+        """torch's `load_state_dict`; the constraint and ``momentum_mode`` follow the saved ones."""
         super().load_state_dict(state_dict)
-        names = {g["constraint"] for g in self.param_groups if g["si"]}
-        if len(names) != 1:
-            raise ValueError(f"the SI groups of the state dict have constraints {sorted(names)}; "
-                             "SphereSGD has one constraint")
-        name = names.pop()
-        if name != self.constraint.name:
-            self.constraint = as_constraint(name)
-        if self.official_reductions and not self.constraint.official:
-            raise ValueError(f"official_reductions has no constraint {name!r}")
-        for g in self.param_groups:
-            g.pop("elr", None)  # state dicts of earlier versions kept the initial elr per group
-        self._plan_key = None
+        for g in self.param_groups:  # state dicts of earlier versions: the buffer left as is
+            g.setdefault("momentum_mode", "official")
+        modes = {g["momentum_mode"] for g in self.param_groups}
+        if len(modes) != 1:
+            raise ValueError(f"the groups of the state dict have momentum modes {sorted(modes)}; "
+                             "SphereSGD has one")
+        self.momentum_mode = _mode("momentum_mode", modes.pop())
+        self._check_transportable()
 
     def __getstate__(self):
         state = super().__getstate__()
-        state.update(constraint=self.constraint, track=self.track, _building=False,
-                     official_reductions=self.official_reductions,
-                     allow_nonstandard=self.allow_nonstandard, last_metrics={})
+        state.update(track=self.track, official_reductions=self.official_reductions,
+                     allow_nonstandard=self.allow_nonstandard, momentum_mode=self.momentum_mode,
+                     last_metrics={})
         return state
-
-    # -- read-only views ---------------------------------------------------------------------------
-    @property
-    def rho(self) -> float:
-        """$\\rho$, the total radius of the SI parameters."""
-        return self._si_groups()[0]["rho"]
-
-    @property
-    def lr(self) -> float:
-        """The current learning rate of the SI groups (`ValueError` if they differ)."""
-        lrs = [g["lr"] for g in self._si_groups()]
-        if any(x != lrs[0] for x in lrs):
-            raise ValueError(f"the SI groups have different learning rates {lrs}; read "
-                             "param_groups[k]['lr'] (or elrs)")
-        return lrs[0]
-
-    @property
-    def elrs(self) -> list:
-        """The current ELR $\\eta_g/\\rho^2$ of every SI group (T5), from its ``lr``."""
-        return [g["lr"] / g["rho"] ** 2 for g in self._si_groups()]
 
     @property
     def elr(self) -> float:
         """The current total ELR $\\eta/\\rho^2$ (`ValueError` if the SI groups' lrs differ)."""
         return self.lr / self.rho ** 2
 
-    @property
-    def n_units(self) -> int:
-        """Number of spheres of the constraint (1, the SI groups, or the filters)."""
-        return self.constraint.n_units([g["params"] for g in self._si_groups()])
-
-    @property
-    def n_filters(self):
-        """$N$, the number of filters, under ``"per-filter"``; else ``None``."""
-        return self.n_units if isinstance(self.constraint, FilterSpheres) else None
-
     # -- the step ----------------------------------------------------------------------------------
     def _plan(self):
         """What the step needs, rebuilt (and the groups re-validated) when a group changes.
 
         The key holds each group's identity and every value the step reads, so a scheduler's
-        new ``lr``, ``add_param_group`` and ``load_state_dict`` all rebuild it.
+        new ``lr`` or ``momentum``, ``add_param_group`` and ``load_state_dict`` all rebuild it.
         """
         groups = self.param_groups
-        key = tuple((id(g), g["lr"], g["momentum"], g["weight_decay"], g["si"], g.get("target"),
-                     g["constraint"], len(g["params"])) for g in groups)
+        key = tuple((id(g), g["lr"], g["momentum"], g["weight_decay"], g["momentum_mode"],
+                     g["si"], g.get("target"), g["constraint"], len(g["params"]))
+                    for g in groups)
         if getattr(self, "_plan_key", None) != key:
             for k, g in enumerate(groups):
-                label = f"param_groups[{k}]"
-                _positive(f"lr of {label}", g["lr"], allow_zero=True)
-                self._check_hyper(g, label)
+                lab = f"param_groups[{k}]"
+                base.positive(f"lr of {lab}", g["lr"], allow_zero=True)
+                self._check_hyper(g, lab)
                 if g["si"] and g["constraint"] != self.constraint.name:
-                    raise ValueError(f"{label} has constraint {g['constraint']!r}, SphereSGD "
+                    raise ValueError(f"{lab} has constraint {g['constraint']!r}, SphereSGD "
                                      f"{self.constraint.name!r}")
             si = [g for g in groups if g["si"]]
             plain = not any(g["momentum"] or g["weight_decay"] for g in groups)
+            transport = self.momentum_mode == "transport" and any(g["momentum"] for g in si)
             buckets = {}  # lr -> tensors: one foreach call per distinct learning rate
             for g in groups:
                 if g["lr"]:
                     buckets.setdefault(float(g["lr"]), []).extend(g["params"])
-            self._plan_value = (plain, [(ps, lr) for lr, ps in buckets.items()], [g["params"] for g in si],
-                                [g["target"] for g in si])
+            self._plan_value = (plain, transport, [(ps, lr) for lr, ps in buckets.items()],
+                                [g["params"] for g in si], [g["target"] for g in si])
             self._plan_key = key
         return self._plan_value
 
@@ -397,7 +257,7 @@ class SphereSGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         with torch.no_grad():
-            plain, buckets, si_params, targets = self._plan()
+            plain, transport, buckets, si_params, targets = self._plan()
             if self.official_reductions:
                 self._step_official(si_params, targets)
                 return loss
@@ -410,7 +270,7 @@ class SphereSGD(torch.optim.Optimizer):
                         torch._foreach_add_(ps, ds, alpha=-lr)
                     self.constraint.rescale_(si_params, targets)
                     return loss
-            self._step_general(si_params, targets)
+            self._step_general(si_params, targets, transport)
         return loss
 
     def _step_official(self, si_params, targets):
@@ -423,28 +283,35 @@ class SphereSGD(torch.optim.Optimizer):
                         p.add_(p.grad, alpha=-g["lr"])
         self.constraint.official_rescale_(si_params, targets)
 
-    def _direction(self, g):
-        """Parameters with a gradient and the step direction (gradient, + WD, + momentum)."""
+    def _direction(self, g, transport):
+        """Parameters with a gradient and their step direction: the gradient (+ weight decay),
+        or the momentum buffer updated as `torch.optim.SGD` does (``foreach``)."""
         ps = [p for p in g["params"] if p.grad is not None]
         ds = [p.grad for p in ps]
         if g["weight_decay"]:
             ds = torch._foreach_add(ds, ps, alpha=g["weight_decay"])
-        if g["momentum"]:
-            bufs = []
+        if g["momentum"] or (transport and g["si"]):
+            old = [(p, d) for p, d in zip(ps, ds) if "momentum_buffer" in self.state[p]]
             for p, d in zip(ps, ds):
-                st = self.state[p]
-                if "momentum_buffer" not in st:
-                    st["momentum_buffer"] = d.detach().clone()
-                else:
-                    st["momentum_buffer"].mul_(g["momentum"]).add_(d)
-                bufs.append(st["momentum_buffer"])
-            ds = bufs
+                if "momentum_buffer" not in self.state[p]:  # torch: the first buffer is d
+                    self.state[p]["momentum_buffer"] = d.detach().clone()
+            if old:
+                bufs = [self.state[p]["momentum_buffer"] for p, _ in old]
+                torch._foreach_mul_(bufs, g["momentum"])
+                torch._foreach_add_(bufs, [d for _, d in old])
+            ds = [self.state[p]["momentum_buffer"] for p in ps]
         return ps, ds
 
-    def _step_general(self, si_params, targets):
+    def _step_general(self, si_params, targets, transport):
+        if transport:  # a unit's buffer covers all its tensors: zeros until a first gradient
+            for p in (p for ps in si_params for p in ps):
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format)
+            olds = [[p.detach().clone() for p in ps] for ps in si_params]
         si = []
         for g in self.param_groups:
-            ps, ds = self._direction(g)
+            ps, ds = self._direction(g, transport)
             if g["si"]:
                 si.append((g, ps, ds))
             elif ps and g["lr"]:
@@ -455,6 +322,9 @@ class SphereSGD(torch.optim.Optimizer):
             if ps and g["lr"]:
                 torch._foreach_add_(ps, ds, alpha=-g["lr"])
         self.constraint.rescale_(si_params, targets)
+        if transport:
+            bufs = [[self.state[p]["momentum_buffer"] for p in ps] for ps in si_params]
+            self.constraint.transport_(si_params, olds, bufs)
 
     def _track_before(self, si):
         """Pre-step pieces of the metrics and the exact angle of the step (T6).
