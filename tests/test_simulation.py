@@ -33,3 +33,29 @@ def test_constraint_none_is_conventional_training_with_an_elr_trace():
 def test_mixed_or_missing_arguments_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         tm.simulate([1, 2, 4], **kw)
+
+
+def test_momentum_zero_is_projected_gd_and_momentum_runs_dispatch():
+    a = tm.simulate([1, 2, 4], 0.2, 300, seed=2, momentum=0.0)
+    b = dynamics.simulate([1, 2, 4], 0.2, 300, seed=2)
+    np.testing.assert_array_equal(a.loss, b.loss)  # beta = 0 is the same step, same bits
+    from toymodel import momentum
+    c = tm.simulate([1, 2, 4], 0.1, 300, seed=2, momentum=0.5, momentum_mode="transport")
+    d = momentum.simulate_momentum([1, 2, 4], 0.1, 0.5, "transport", steps=300, seed=2)
+    np.testing.assert_array_equal(c.loss, d.loss)
+    assert not np.array_equal(c.loss, tm.simulate([1, 2, 4], 0.1, 300, seed=2, momentum=0.5).loss)
+    with pytest.raises(ValueError, match="fixed ELR"):
+        tm.simulate([1, 2, 4], 0.1, 300, momentum=0.5, lr=0.1)
+
+
+def test_solvers_threshold_with_momentum_reports_a_boundary():
+    import warnings
+
+    from toymodel import momentum, solvers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", momentum.MultipleCrossingsWarning)
+        bd = solvers.locate_total_threshold([1, 3], momentum=0.3, seed=0, steps=4000, tail=400)
+    # heavy ball converges only below the linear bound c < 1 + beta (docs/momentum.md T43)
+    assert isinstance(bd, momentum.Boundary) and 1.0 < bd.c <= 1.3 * (1 + 1e-3)
+    with pytest.raises(ValueError, match="summarize applies to plain projected GD"):
+        solvers.locate_total_threshold([1, 3], momentum=0.3, summarize=dynamics.summarize_batch)

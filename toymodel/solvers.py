@@ -155,7 +155,8 @@ def largest_lyapunov(problem, elr, steps=20000, tail=10000, seed=0, constraint="
 
 
 def locate_total_threshold(problem, lo=None, hi=None, steps=20000, tail=2000, rtol=2e-3,
-                           points=7, seed=0, summarize=None):
+                           points=7, seed=0, summarize=None, *, momentum=None,
+                           momentum_mode="official"):
     r"""The ELR at which simulated projected GD stops converging, by bracketing.
 
     Every round runs ``points`` ELRs log-spaced inside the bracket as one batch, labels each run
@@ -167,7 +168,21 @@ def locate_total_threshold(problem, lo=None, hi=None, steps=20000, tail=2000, rt
     ``summarize(problem, theta0, elrs, steps=, tail=)`` runs the batches: by default the NumPy
     specification `toymodel.dynamics.summarize_batch`; `toymodel.thresholds.locate_total_threshold`
     passes a compiled backend (this module, the math layer, knows no backend).
+
+    With ``momentum`` $\beta$ (heavy ball, ``momentum_mode`` ``"official"`` or ``"transport"``)
+    the converging set need not be an interval (docs/momentum.md T44, T48):
+    `toymodel.momentum.locate_total_threshold` then scans the bracket, refines every crossing and
+    returns a `toymodel.momentum.Boundary` (``elr`` the first crossing, ``crossings_elr`` all of
+    them, a `MultipleCrossingsWarning` when there are several); ``summarize`` does not apply.
     """
+    if momentum is not None:
+        if summarize is not None:
+            raise ValueError("summarize applies to plain projected GD; with momentum the boundary "
+                             "is located by toymodel.momentum.locate_total_threshold")
+        from .momentum import locate_total_threshold as _momentum_threshold
+        alphas = as_problem(problem).alphas
+        return _momentum_threshold(alphas, momentum=momentum, momentum_mode=momentum_mode,
+                                   seed=seed, lo=lo, hi=hi, rtol=rtol, steps=steps, tail=tail)
     problem = as_problem(problem)
     scale = float(np.mean(problem.alphas))
     lo = 1e-3 / scale if lo is None else positive_finite("lo", lo)
