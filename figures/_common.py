@@ -237,7 +237,7 @@ def _via_scan(alphas, elrs, seeds, *, steps, tail, constraint, lyapunov, backend
     if not lyapunov:
         out["lyapunov"] = np.full_like(out["tail_loss"], np.nan)
     out["status"] = np.asarray(ds["status"].transpose("elr", "seed").values).astype(np.int8)
-    out["regime"] = np.asarray(ds["regime"].transpose("elr", "seed").values).astype(str)
+    out["regime"] = regimes.decode(ds["regime"].transpose("elr", "seed").values)  # codes -> labels
     return out
 
 

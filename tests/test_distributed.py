@@ -23,7 +23,7 @@ ALPHAS = (1.0, 2.0, 4.0)
 ELRS = np.geomspace(0.05, 5.0, 12)
 KW = dict(seeds=2, steps=400, tail=80, backend="numpy", progress_bar=False, chunk_size=4)
 VARS = ("tail_loss", "tail_loss_std", "final_loss", "min_share", "frac_above_threshold",
-        "tail_grad_norm", "tail_angle", "status", "bad_step", "regime", "regime_reason")
+        "tail_grad_norm", "tail_angle", "status", "bad_step", "regime")
 
 
 def _cluster():

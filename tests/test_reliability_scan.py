@@ -318,9 +318,10 @@ def test_huge_grids_are_refused_before_allocating(no_compute):
 
 def test_memory_limits_in_memory_and_per_chunk(tmp_path, monkeypatch, capsys, ref):
     monkeypatch.setattr(plan_mod, "memory_limit", lambda: 100_000)
+    # 6 ELRs x 500 seeds x 66 B = 198 kB
     with pytest.raises(ValueError, match=r"in memory .*more than this machine's .*zarr store"):
-        scan(ALPHAS, ELRS, **{**KW, "seeds": 50})
-    refused(capsys, ARGV[:6] + ["50"] + ARGV[7:], "in memory", "--out NAME.zarr")
+        scan(ALPHAS, ELRS, **{**KW, "seeds": 500})
+    refused(capsys, ARGV[:6] + ["500"] + ARGV[7:], "in memory", "--out NAME.zarr")
     # a store needs memory per chunk only: 4 cells fit
     assert_same_scan(ref, scan(ALPHAS, ELRS, store=tmp_path / "s.zarr", **KW))
     with pytest.raises(ValueError, match="a chunk of 2000 cells"):
@@ -425,15 +426,14 @@ def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
 
 
 def test_summary_counts_the_cells_left_out(capsys, monkeypatch):
-    real = regimes.classify_summary
+    real = regimes.classify_codes
 
     def some_unresolved(*a, **k):
-        labels, reasons = real(*a, **k)
-        labels = labels.copy()
-        labels.flat[0] = regimes.UNRESOLVED
-        return labels, reasons
+        codes = real(*a, **k).copy()
+        codes.flat[0] = regimes.REGIME_CODES[regimes.UNRESOLVED]
+        return codes
 
-    monkeypatch.setattr(regimes, "classify_summary", some_unresolved)
+    monkeypatch.setattr(regimes, "classify_codes", some_unresolved)
     assert cli_main(ARGV) == 0
     # one cell per chunk (3 chunks) relabelled
     assert "over 9 cells; left out 3 unresolved and 0 invalid cells" in capsys.readouterr().out
@@ -462,13 +462,13 @@ def test_agreement_leaves_out_unresolved_and_invalid_cells():
 
 def test_scan_passes_the_tail_rotation_to_the_classifier(monkeypatch):
     seen = []
-    real = regimes.classify_summary
+    real = regimes.classify_codes
 
     def spy(*a, **k):
         seen.append(k)
         return real(*a, **k)
 
-    monkeypatch.setattr(regimes, "classify_summary", spy)
+    monkeypatch.setattr(regimes, "classify_codes", spy)
     ds = scan(ALPHAS, ELRS, **KW)
     assert all(k["tail_steps"] == 60 and k["tail_angle"].shape[-1] == 2 for k in seen)
     assert _equal(np.concatenate([k["tail_angle"] for k in seen]), ds["tail_angle"].values)

@@ -69,14 +69,18 @@ def test_every_cell_equals_the_reference_batch_stepper():
             assert _equal(ds[name].values[i, 0], ref[name]), (name, elr)
     assert ds.sizes == {"elr": 6, "config": 1, "seed": 2, "group": 3}
     assert "lyapunov" not in ds
-    labels, reasons = regimes.classify_summary(ds["tail_loss"].values, p.random_loss())
-    assert (ds["regime"].values == labels).all() and (ds["regime_reason"].values == reasons).all()
+    # stored as codes, decoded and reasoned on demand: the labels and reasons of classify_summary
+    labels, reasons = regimes.classify_summary(ds["tail_loss"].values, p.random_loss(),
+                                               tail_angle=ds["tail_angle"].values, tail_steps=60)
+    assert ds["regime"].dtype == np.int8 and "regime_reason" not in ds
+    assert (scan_mod.decode_regime(ds["regime"]).values == labels).all()
+    assert (scan_mod.regime_reason(ds).values == reasons).all()
 
 
 def test_theory_variables_and_provenance():
     ds = scan(ALPHAS, ELRS, **SMALL)
     for i, elr in enumerate(ELRS):
-        assert ds["predicted_regime"].values[i, 0] == theory.predict_regime(elr, ALPHAS)
+        assert scan_mod.decode_regime(ds["predicted_regime"]).values[i, 0] == theory.predict_regime(elr, ALPHAS)
         assert ds["equilibrium_loss"].values[i, 0] == theory.equilibrium_loss(elr, ALPHAS)
     # 1/(1+2+4) is correctly rounded: the literal 1/7 to the bit, on any CPU
     assert float(ds["total_threshold"][0]) == 1 / 7
@@ -139,10 +143,11 @@ def test_invalid_cells_are_flagged_not_crashing(monkeypatch):
 
     monkeypatch.setattr(backend, "summarize", poisoned)
     ds = scan(ALPHAS, ELRS[:2], **SMALL)
-    assert ds["regime"].values[0, 0, 0] == "invalid"
-    assert ds["regime_reason"].values[0, 0, 0] == dynamics.INVALID_REASONS[dynamics.STATUS_NONFINITE]
-    assert ds["regime_reason"].values[0, 0, 1] == dynamics.INVALID_REASONS[dynamics.STATUS_ZERO_NORM]
-    assert ds["regime"].values[1, 0, 0] != "invalid"
+    labels, reasons = scan_mod.decode_regime(ds["regime"]).values, scan_mod.regime_reason(ds).values
+    assert labels[0, 0, 0] == "invalid"
+    assert reasons[0, 0, 0] == dynamics.INVALID_REASONS[dynamics.STATUS_NONFINITE]
+    assert reasons[0, 0, 1] == dynamics.INVALID_REASONS[dynamics.STATUS_ZERO_NORM]
+    assert labels[1, 0, 0] != "invalid"
 
 
 def test_agreement_counts_against_a_hand_made_dataset():

@@ -22,8 +22,9 @@ def ds():
 
 def test_labels_match_theory_away_from_the_boundaries(ds):
     elr = ds["elr"].values
-    obs = ds["regime"].values[:, 0, :]
-    pred = ds["predicted_regime"].values[:, 0]
+    labels = importlib.import_module("toymodel.scan").decode_regime(ds)  # codes -> label strings
+    obs = labels["regime"].values[:, 0, :]
+    pred = labels["predicted_regime"].values[:, 0]
     near_total = np.abs(elr * sum(A) - 1) <= 0.05
     band = (elr > 1.0) & (elr <= 1.35)  # just above 1/min(alpha): the smooth passage
     keep = ~near_total & ~band
@@ -77,5 +78,5 @@ def test_individual_constraint_staircase_agrees_below_the_top_step():
     boundary = importlib.import_module("toymodel.scan").convergence_boundary  # toymodel.scan: the function
     assert float(boundary(ind)[0]) == pytest.approx(1 / 12)
     assert toymodel.agreement(ind, window=0.05) == 1.0
-    labels = set(ind["regime"].values.ravel())
+    labels = set(importlib.import_module("toymodel.scan").decode_regime(ind["regime"]).values.ravel())
     assert labels == {"convergence", "chaotic_equilibrium"}

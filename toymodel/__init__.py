@@ -4,7 +4,7 @@ Theory (``theory``), numerical solvers (``solvers``), the reference projected-GD
 (``dynamics``), regime classification (``regimes``); optional: fast batch scans, the torch bridge.
 Notation and equation tags follow docs/theory.md.
 """
-from . import conventional, dynamics, problems, regimes, sphere, theory, theory_wd
+from . import census, conventional, dynamics, momentum, problems, regimes, sphere, theory, theory_wd
 from ._version import __version__
 from .conventional import classify_wd, detect_periodic, simulate_wd
 from .dynamics import Trajectory, initial_state, initial_states
@@ -20,7 +20,7 @@ from .theory_wd import wd_equilibrium_angle, wd_equilibrium_elr, wd_equilibrium_
 
 __all__ = [
     "RayleighToy", "SphereToy", "Trajectory", "agreement", "classify", "classify_summary",
-    "classify_wd", "conventional", "detect_periodic", "divergence_threshold", "dynamics", "equilibrium_grad_norm", "equilibrium_loss",
+    "census", "classify_wd", "conventional", "momentum", "detect_periodic", "divergence_threshold", "dynamics", "equilibrium_grad_norm", "equilibrium_loss",
     "equilibrium_shares", "group_thresholds", "individual_constraint_thresholds",
     "individual_elr", "initial_state", "initial_states", "open_scan", "predict_regime", "problems",
     "random_loss", "regimes", "scan", "simulate", "simulate_wd", "sphere", "theory", "theory_wd",

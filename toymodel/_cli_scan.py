@@ -18,6 +18,9 @@ _NAMES = {"elrs": "--elrs", "seeds": "--seeds", "steps": "--steps", "tail": "--t
           "chunk_size": "--chunk-size", "backend": "--backend", "store": "--out NAME.zarr"}
 #: defaults applied here, so that a message can say a value is a default the user never gave
 _DEFAULTS = {"seeds": "4", "steps": 20000, "tail": 2000}
+#: starts per c of the orbit envelope the summary compares tail losses with (`loss_agreement`):
+#: fewer than the library's 128, so that the summary stays a fraction of the scan's own time
+_ENVELOPE_SEEDS = 64
 
 
 def _seeds_arg(text: str):
@@ -83,7 +86,7 @@ def _cmd_scan(args) -> int:
     from ._scan_run import _run
     from ._store import remove_stale_temporaries, write_netcdf_atomic
     from ._validate import output_path
-    from .scan import agreement
+    from .scan import agreement, decode_regime
 
     if args.verify is not None:
         return _cmd_verify(args.verify)
@@ -117,7 +120,7 @@ def _cmd_scan(args) -> int:
         return 130
     except ConnectionError as err:  # an unreachable scheduler: refused before any work
         raise ValueError(str(err)) from None
-    _print_summary(ds, agreement)
+    _print_summary(decode_regime(ds), agreement)  # it counts labels (76 B per cell while it runs)
     if out is not None:
         print(f"saved {args.out}")
     return 0
@@ -145,6 +148,28 @@ def _print_summary(ds, agreement) -> None:
         print(f"config {j} alphas={alphas[np.isfinite(alphas)].tolist()}: {text}; agreement with "
               f"predict_regime {fmt(float(a))} over {int(a['compared'])} cells{left_text} (excluding "
               f"+-5% around the convergence boundary {boundary[j]:.4g}: {fmt(agree5[j])})")
+    _print_loss_agreement(ds)
+
+
+def _print_loss_agreement(ds) -> None:
+    """The line on tail losses against the orbit envelope, when the scan has equilibrium cells of
+    a toy under the total constraint that were judged (`toymodel.scan.loss_agreement`)."""
+    from ._scan_agreement import _loss_cells
+    from .backend import BackendUnavailable, resolve
+    from .scan import loss_agreement
+
+    if not _loss_cells(ds)[0].any():
+        return
+    backend = ds.attrs.get("backend_requested", "auto")
+    try:
+        resolve(backend)
+    except BackendUnavailable:  # the scan ran on workers elsewhere: the census runs here
+        backend = "auto"
+    la = loss_agreement(ds, seeds=_ENVELOPE_SEEDS, backend=backend)
+    left = (f"; left out {la.unresolved} unresolved and {la.invalid} invalid cells"
+            if la.left_out else "")
+    print(f"tail loss within the orbit envelope (toymodel.census.envelope, {la.seeds} starts per c) "
+          f"for {la.inside} of {la.compared} equilibrium cells ({float(la):.3f}){left}")
 
 
 def _cmd_plot_scan(args) -> int:

@@ -16,9 +16,8 @@ from . import dynamics, regimes
 from ._validate import constraint_name, positive_int, tail_within
 from .problems import SphereToy
 
-#: fixed widths of the per-cell string variables (regime labels, the classifier's reasons).
-REGIME_WIDTH = max(len(s) for s in regimes.LABELS)
-REASON_WIDTH = 64
+#: the stored fill of every per-cell integer variable: what a cell not computed yet holds (floats: NaN).
+FILLS = {"status": 0, "bad_step": -1, "regime": regimes.NOT_COMPUTED}
 
 
 def _dtype(dtype, name: str = "dtype") -> np.dtype:
@@ -89,11 +88,12 @@ class CellSpec:
         return [n for n in dynamics.SUMMARY_NAMES if self.lyapunov or n != "lyapunov"]
 
     def cell_vars(self) -> dict:
-        """Per-cell variables -> dtype, in write order."""
+        """Per-cell variables -> dtype, in write order: the summaries, ``status``, ``bad_step`` and
+        ``regime`` (int8 codes of `toymodel.regimes.REGIME_CODES`). No strings: the labels and
+        the reasons are derived on demand (`toymodel.scan.decode_regime`, `regime_reason`)."""
         dt = np.dtype(self.dtype)
         out = {n: dt for n in self.summaries}
-        out.update(status=np.dtype(np.int8), bad_step=np.dtype(np.int64),
-                   regime=np.dtype(f"<U{REGIME_WIDTH}"), regime_reason=np.dtype(f"<U{REASON_WIDTH}"))
+        out.update(status=np.dtype(np.int8), bad_step=np.dtype(np.int64), regime=np.dtype(np.int8))
         return out
 
     def params(self) -> dict:
@@ -119,13 +119,37 @@ def _problem_key(p) -> tuple:
     return ("single", id(p))
 
 
+#: the initial states of the last chunks, by (n, d, constraint, twin, seeds): they depend on these
+#: alone (`toymodel.dynamics.initial_states`), every chunk of a row of ELRs has the same seeds, and
+#: each seed costs ~20 us of Python (its own generator): a pure cache, small entries only.
+_INITIAL: dict = {}
+_INITIAL_ENTRIES, _INITIAL_MAX_BYTES = 4, 16 << 20
+
+
+def _initial_states(problem, seeds, constraint: str, twin: bool):
+    """`toymodel.dynamics.initial_states`, read-only, from `_INITIAL` when a chunk before had them."""
+    seeds = np.asarray(seeds)
+    key = (problem.n_groups, problem.dim, constraint, twin, seeds.dtype.str, seeds.tobytes())
+    hit = _INITIAL.get(key)
+    if hit is None:
+        hit = dynamics.initial_states(problem, seeds, constraint, twin=twin)
+        for a in (hit if twin else (hit,)):
+            a.flags.writeable = False
+        if sum(a.nbytes for a in (hit if twin else (hit,))) <= _INITIAL_MAX_BYTES:
+            while len(_INITIAL) >= _INITIAL_ENTRIES:
+                _INITIAL.pop(next(iter(_INITIAL)), None)
+            _INITIAL[key] = hit
+    return hit
+
+
 def compute_chunk(task: ChunkTask) -> dict:
     """Summaries of every cell of one chunk, arrays of shape ``(ce, cc, cs)``.
 
     Configurations of equal shape share one `toymodel.backend.summarize` call (the toy's
     curvatures go per trajectory); the initial states come from the seeds alone
     (`toymodel.dynamics.initial_states`), so a cell's inputs never depend on the chunking.
-    Returns the per-cell variables plus ``"_backend"`` (the backends that ran).
+    Returns the per-cell variables plus ``"_backend"`` (the backends that ran); ``regime`` holds
+    `toymodel.regimes.classify_codes` of the summaries (invalid where ``status != 0``).
     """
     from . import backend as _backend
 
@@ -143,8 +167,8 @@ def compute_chunk(task: ChunkTask) -> dict:
     for members in groups.values():
         rep = task.configs[members[0]]
         g = len(members)
-        init = [dynamics.initial_states(task.configs[j], task.seeds, spec.constraint,
-                                        twin=spec.lyapunov) for j in members]
+        init = [_initial_states(task.configs[j], task.seeds, spec.constraint, spec.lyapunov)
+                for j in members]
         states = np.stack([s[0] if spec.lyapunov else s for s in init])  # (g, cs, n, d)
         n, d = states.shape[-2:]
         theta0 = np.ascontiguousarray(np.broadcast_to(states[None], (ce, g, cs, n, d)).reshape(-1, n, d),
@@ -168,12 +192,9 @@ def compute_chunk(task: ChunkTask) -> dict:
         for name in names + ["status", "bad_step"]:
             vals = np.asarray(res[name]).reshape(ce, g, cs)
             out[name][:, members, :] = vals.astype(out[name].dtype, copy=False)
+    # whole-array labelling, no per-cell Python: the reasons are derived from these on demand
     rand = np.array([p.random_loss() for p in task.configs])[None, :, None]
-    labels, reasons = regimes.classify_summary(out["tail_loss"], rand,
-                                               invalid_reason=dynamics.status_reasons(out["status"]),
-                                               tail_angle=out["tail_angle"], tail_steps=spec.tail)
-    out["regime"] = labels.astype(f"<U{REGIME_WIDTH}")
-    out["regime_reason"] = np.array([r[:REASON_WIDTH] for r in reasons.ravel()],
-                                    dtype=f"<U{REASON_WIDTH}").reshape(reasons.shape)
+    out["regime"] = regimes.classify_codes(out["tail_loss"], rand, invalid=out["status"] != 0,
+                                           tail_angle=out["tail_angle"], tail_steps=spec.tail)
     out["_backend"] = ",".join(sorted(used))
     return out

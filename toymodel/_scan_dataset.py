@@ -2,11 +2,16 @@ r"""The labelled dataset of a scan: coordinates, the theory's predictions, prove
 
 Owns `template`: the ``xarray.Dataset`` of a plan before any cell is computed (per-cell variables
 at their fill values; coordinates, predictions and attributes final), which the in-memory result
-and the zarr store (`toymodel._store`) both start from. Beside the observed ``regime``
-(`toymodel.regimes.classify_summary`), it carries ``predicted_regime`` (T10, T12),
-``equilibrium_loss`` $L^*=(\sum\alpha_i-1/\tilde\eta)/2$ (T12), the thresholds
-$1/\sum\alpha_i$ and $1/\min\alpha_i$ (T10) and the random level. xarray is imported inside
-`template` only.
+and the zarr store (`toymodel._store`) both start from, and the readers of its regimes
+(`decode_regime`, `regime_reason`). Beside the observed ``regime``
+(`toymodel.regimes.classify_codes`), it carries ``predicted_regime`` (T10, T12, computed for all
+ELRs of a configuration at once), ``equilibrium_loss`` $L^*=(\sum\alpha_i-1/\tilde\eta)/2$
+(T12), the thresholds $1/\sum\alpha_i$ and $1/\min\alpha_i$ (T10) and the random level.
+xarray is imported inside `template` only.
+
+The regimes are int8 codes (`toymodel.regimes.REGIME_CODES`, CF ``flag_values`` /
+``flag_meanings`` attributes, -1 for a cell not computed yet): `decode_regime` turns them into
+labels and `regime_reason` derives each cell's reason from the summaries; no string is stored.
 """
 from __future__ import annotations
 
@@ -16,14 +21,39 @@ import json
 import numpy as np
 
 from . import dynamics, regimes, theory
-from ._scan_chunk import REGIME_WIDTH
-from ._scan_plan import CELL_DIMS, ScanPlan, problem_record
+from ._scan_chunk import FILLS
+from ._scan_plan import CELL_DIMS, FORMAT, ScanPlan, problem_record
 from ._version import __version__
 from .problems import SphereToy
 
 
+def _predicted_codes(elrs, alphas, constraint) -> np.ndarray:
+    """`toymodel.theory.predict_regime` of every ELR at once, as codes: the same comparisons of
+    the same floats, element by element (tested equal to it)."""
+    a = np.asarray(alphas, dtype=np.float64)
+    if a.size == 1:  # T13
+        conv = elrs * a[0] <= 1.0
+        div = elrs >= theory.equilibrium_divergence_elr(a)
+    elif constraint == "individual":  # §3: every individual ELR is n * elr
+        k = a.size * elrs[:, None] * a[None, :]
+        conv, div = (k <= 1.0).all(axis=1), (k > 1.0).all(axis=1)
+    else:  # T10, T12
+        conv, div = elrs <= theory.total_threshold(a), elrs > theory.divergence_threshold(a)
+    code = regimes.REGIME_CODES
+    return np.where(conv, code["convergence"],
+                    np.where(div, code["divergence"], code["chaotic_equilibrium"])).astype(np.int8)
+
+
+def _equilibrium_loss(elrs, alphas) -> np.ndarray:
+    """`toymodel.theory.equilibrium_loss` of every ELR at once (T12), the same floats."""
+    total = np.asarray(alphas, dtype=np.float64).sum()
+    with np.errstate(over="ignore", divide="ignore"):
+        return np.where(elrs * total > 1.0, 0.5 * (total - 1.0 / elrs), 0.0)
+
+
 def _static_vars(plan: ScanPlan) -> dict:
-    """Per-config and per-(elr, config) variables: inputs and the theory's predictions."""
+    """Per-config and per-(elr, config) variables: inputs and the theory's predictions, computed
+    for all ELRs of a configuration at once."""
     C = len(plan.configs)
     G = max(p.alphas.size for p in plan.configs)
     alphas = np.full((C, G), np.nan)
@@ -32,12 +62,12 @@ def _static_vars(plan: ScanPlan) -> dict:
     E = plan.elrs.size
     constraint = plan.spec.constraint
     eq = np.full((E, C), np.nan)
-    pred = np.empty((E, C), dtype=f"<U{REGIME_WIDTH}")
+    pred = np.empty((E, C), dtype=np.int8)
+    elrs = np.asarray(plan.elrs, dtype=np.float64)
     for j, p in enumerate(plan.configs):
-        for i, elr in enumerate(plan.elrs):
-            pred[i, j] = theory.predict_regime(elr, p.alphas, constraint)
-            if isinstance(p, SphereToy) and constraint == "total":
-                eq[i, j] = theory.equilibrium_loss(elr, p.alphas)
+        pred[:, j] = _predicted_codes(elrs, p.alphas, constraint)
+        if isinstance(p, SphereToy) and constraint == "total":
+            eq[:, j] = _equilibrium_loss(elrs, p.alphas)
     return {
         "alphas": (("config", "group"), alphas,
                    {"long_name": "curvatures alpha_i (NaN-padded to the largest group count)"}),
@@ -54,7 +84,9 @@ def _static_vars(plan: ScanPlan) -> dict:
         "equilibrium_loss": (("elr", "config"), eq,
                              {"long_name": "(sum(alpha) - 1/elr)/2 above 1/sum(alpha), else 0 (T12; "
                                            "toy, total constraint; NaN otherwise)"}),
-        "predicted_regime": (("elr", "config"), pred, {"long_name": "theory.predict_regime (T10, T12)"}),
+        "predicted_regime": (("elr", "config"), pred,
+                             {"long_name": "theory.predict_regime (T10, T12), a regime code",
+                              **regimes.flag_attrs()}),
     }
 
 
@@ -62,6 +94,7 @@ def _attrs(plan: ScanPlan) -> dict:
     spec = plan.spec
     return {
         "title": "toymodel fixed-ELR phase-diagram scan",
+        "format": FORMAT,
         "toymodel_version": __version__,
         "backend_requested": spec.backend,
         "backend": "",
@@ -88,10 +121,9 @@ def template(plan: ScanPlan, lazy: bool = True):
     import xarray as xr
 
     shape = plan.shape
-    fills = {np.dtype(np.int8): 0, np.dtype(np.int64): -1}
     data = {}
     for name, dt in plan.cell_vars().items():
-        fill = np.array(np.nan if dt.kind == "f" else ("" if dt.kind == "U" else fills[dt]), dtype=dt)
+        fill = np.array(np.nan if dt.kind == "f" else FILLS[name], dtype=dt)
         arr = np.broadcast_to(fill, shape) if lazy else np.full(shape, fill, dtype=dt)
         data[name] = (CELL_DIMS, arr)
     for name, (dims, arr, attrs) in _static_vars(plan).items():
@@ -101,5 +133,57 @@ def template(plan: ScanPlan, lazy: bool = True):
                                   "group": np.arange(max(p.alphas.size for p in plan.configs))})
     ds["status"].attrs["flag_meanings"] = json.dumps({"0": "ok", **{str(k): v for k, v in
                                                                    dynamics.INVALID_REASONS.items()}})
+    ds["regime"].attrs.update(long_name="observed regime (toymodel.regimes.classify_codes), a code; "
+                                        "labels: toymodel.scan.decode_regime", **regimes.flag_attrs())
     ds.attrs.update(_attrs(plan))
     return ds
+
+
+def _is_dataset(obj) -> bool:
+    return hasattr(obj, "data_vars")
+
+
+def decode_regime(obj):
+    """Regime codes as labels. A Dataset: a copy whose ``regime`` and ``predicted_regime`` hold the
+    label strings (``<U19``; ``""`` for a cell not computed yet), their flag attributes dropped; a
+    DataArray (or array) of codes: the same, decoded. Labels pass unchanged. Loads what it decodes."""
+    if not _is_dataset(obj):
+        return _decode_array(obj)
+    return obj.assign({name: _decode_array(obj[name]) for name in ("regime", "predicted_regime")
+                       if name in obj})
+
+
+def _decode_array(da):
+    if not hasattr(da, "dims"):
+        return regimes.decode(da)
+    return _relabel(da, regimes.decode(da.values),
+                    {k: v for k, v in da.attrs.items() if k not in regimes.flag_attrs()})
+
+
+def _relabel(da, values, attrs):
+    """``da`` with new values and attrs, and no storage encoding (a code's fill does not fit strings)."""
+    out = da.copy(data=values)
+    out.attrs, out.encoding = attrs, {}
+    return out
+
+
+def regime_reason(ds):
+    """Why each cell has its label, derived from the stored numbers (a DataArray of strings like
+    ``regime``): ``""`` for a regime; an unresolved cell: the angle it moved per step
+    (``tail_angle``); an invalid cell: the kernel's reason for its ``status``
+    (`toymodel.dynamics.status_reasons`), else what its tail loss or random level shows
+    (`toymodel.regimes.summary_reasons`). Loads the cells it reads."""
+    regime = ds["regime"]
+    dims = regime.dims
+
+    def cell(name):
+        return ds[name].broadcast_like(regime).transpose(*dims).values
+
+    status = cell("status") if "status" in ds else None
+    reasons = regimes.summary_reasons(
+        regimes.encode(regime.values), cell("tail_loss"), cell("random_loss"),
+        invalid_reason=None if status is None else dynamics.status_reasons(status),
+        tail_angle=cell("tail_angle") if "tail_angle" in ds else None)
+    return _relabel(regime, reasons.astype(str),
+                    {"long_name": "why the cell has its regime label (derived, not stored)"}
+                    ).rename("regime_reason")

@@ -16,13 +16,16 @@ import numpy as np
 
 from . import regimes
 from ._grids import elr_spec, seed_spec
-from ._scan_chunk import REGIME_WIDTH, CellSpec, ChunkTask
+from ._scan_chunk import CellSpec, ChunkTask
 from ._validate import memory_limit, positive_int
 from ._version import __version__
 from .problems import RayleighToy, SphereToy, _Problem
 
 #: the dimensions of every per-cell variable, in this order.
 CELL_DIMS = ("elr", "config", "seed")
+#: the layout of a scan's dataset and store; 2: ``regime`` and ``predicted_regime`` are int8 codes
+#: (`toymodel.regimes.REGIME_CODES`) and no reason is stored (format 1: strings, ``regime_reason``).
+FORMAT = "toymodel-scan/2"
 #: work per chunk (trajectories × n × d × steps) the default chunking aims at: about 1–5 s for a
 #: compiled CPU kernel on one core (docs/distributed.md, "chunking rule").
 TARGET_ELEMENT_STEPS = 2e8
@@ -34,7 +37,8 @@ MAX_CHUNK_CELLS = 1 << 20
 #: 1e15 element-steps is about 50 days of a 2-core CPU at the measured 2.4e8 per second
 #: (docs/scans.md): a larger request is a typo, or a scan to split into several.
 MAX_ELEMENT_STEPS = 1e15
-#: the most (ELR, configuration) pairs: the theory's predictions are computed per pair in Python.
+#: the most (ELR, configuration) pairs: the predictions are held (and stored) per pair, and the
+#: plan's hash names every ELR in Python.
 MAX_ELR_CONFIG_PAIRS = 10**7
 #: the most chunks of a zarr store (each leaves one completion-marker file).
 MAX_STORE_CHUNKS = 10**6
@@ -111,7 +115,7 @@ class ScanPlan:
     def params(self) -> dict:
         """JSON parameters: the manifest of a store; its hash identifies the plan."""
         return {
-            "format": "toymodel-scan/1", "toymodel_version": __version__,
+            "format": FORMAT, "toymodel_version": __version__,
             "configs": [problem_record(p) for p in self.configs],
             "elrs": [float(x).hex() for x in self.elrs],
             "seeds": self.seeds.tolist(), **self.spec.params(),
@@ -129,7 +133,7 @@ class ScanPlan:
         return self.spec.cell_vars()
 
     def bytes_per_cell(self) -> int:
-        """Memory of one cell's results (all per-cell variables)."""
+        """Memory of one cell's results (all per-cell variables): 66 B for float64 summaries."""
         return int(sum(dt.itemsize for dt in self.cell_vars().values()))
 
 
@@ -191,7 +195,7 @@ def _check_work(n_elrs, configs, n_seeds, spec: CellSpec, label) -> None:
     pairs = float(n_elrs) * len(configs)
     if pairs > MAX_ELR_CONFIG_PAIRS:
         raise ValueError(f"this scan has {pairs:.3g} (ELR, configuration) pairs, over the limit "
-                         f"{MAX_ELR_CONFIG_PAIRS:.0e} (the theory's predictions are computed per pair); "
+                         f"{MAX_ELR_CONFIG_PAIRS:.0e} (the theory's predictions are held per pair); "
                          f"scan fewer {label('elrs')} or split the scan")
 
 
@@ -206,7 +210,7 @@ def check_memory(plan: ScanPlan, in_memory: bool, label=lambda k: k,
     mem = memory_limit()
     per_cell = plan.bytes_per_cell()
     if in_memory and mem is not None:
-        need = plan.n_cells * per_cell + plan.elrs.size * len(plan.configs) * (REGIME_WIDTH * 4 + 8)
+        need = plan.n_cells * per_cell + plan.elrs.size * len(plan.configs) * (1 + 8)  # predictions
         if need > mem:
             raise ValueError(
                 f"the result would need {_gb(need)} in memory ({plan.n_cells:.3g} cells x {per_cell} B), "

@@ -15,6 +15,8 @@ _REGIME_Y = {"convergence": 0, "chaotic_equilibrium": 1, "divergence": 2, regime
              regimes.INVALID: 4}
 _REGIME_COLOR = {"convergence": "tab:blue", "chaotic_equilibrium": "tab:orange",
                  "divergence": "tab:red", regimes.UNRESOLVED: "tab:gray", regimes.INVALID: "black"}
+#: the row of each regime code in the bottom panel (a predicted regime is one of the first three)
+_Y_OF_CODE = np.array([_REGIME_Y.get(label, -1) for label in regimes.LABELS])
 #: the most pixels a phase-diagram image may have (`figure_pixels`).
 MAX_PIXELS = 10**8
 
@@ -57,12 +59,12 @@ def plot_scan(ds, configs=None):
         sub = ds.isel(config=j)
         rand = float(sub["random_loss"])
         ratio = sub["tail_loss"].values / rand
-        labels = sub["regime"].values.astype(str)
+        codes = regimes.encode(sub["regime"].values)  # codes, or labels of a decoded dataset
         top, bot = axes[0, col], axes[1, col]
         for name, color in _REGIME_COLOR.items():
-            m = labels == name
+            m = codes == regimes.REGIME_CODES[name]
             if m.any():
-                ee = np.broadcast_to(elr[:, None], labels.shape)[m]
+                ee = np.broadcast_to(elr[:, None], codes.shape)[m]
                 top.scatter(ee, np.where(np.isfinite(ratio[m]), ratio[m], 1.0), s=6, color=color,
                             label=name.replace("_", " "), zorder=3)
                 bot.scatter(ee, np.full(ee.shape, _REGIME_Y[name]), s=6, color=color, zorder=3)
@@ -72,7 +74,7 @@ def plot_scan(ds, configs=None):
                      label=r"theory $(\sum\alpha-1/\tilde\eta)/2$ (T12)")
         top.axhline(regimes.DIV_FRAC, color="tab:red", lw=0.6, ls="-.", zorder=1,
                     label=f"classifier: divergence at {regimes.DIV_FRAC:g} x random")
-        pred = np.array([_REGIME_Y[str(p)] for p in sub["predicted_regime"].values])
+        pred = _Y_OF_CODE[regimes.encode(sub["predicted_regime"].values)]
         bot.step(elr, pred, where="mid", color="k", lw=1.2, label="predicted (T10, T12)")
         for ax in (top, bot):
             ax.set_xscale("log")

@@ -12,8 +12,8 @@ import numpy as np
 
 from ._progress import progress
 from ._scan_chunk import compute_chunk
-from ._scan_dataset import template
-from ._scan_plan import _plan, check_memory
+from ._scan_dataset import decode_regime, template
+from ._scan_plan import FORMAT, _plan, check_memory
 
 
 def scan(problem_or_alphas, elrs, seeds=4, steps=20000, tail=2000, constraint="total",
@@ -66,9 +66,10 @@ def scan(problem_or_alphas, elrs, seeds=4, steps=20000, tail=2000, constraint="t
     xarray.Dataset
         Dims ``(elr, config, seed)``; per-cell ``tail_loss``, ``tail_loss_std``,
         ``final_loss``, ``min_share``, ``frac_above_threshold``, ``tail_grad_norm``, ``tail_angle``
-        (``lyapunov``), ``status``, ``bad_step``, ``regime``, ``regime_reason``; per configuration
-        ``alphas`` (dim ``group``), ``random_loss``, ``total_threshold``, ``divergence_threshold``;
-        per (elr, config) ``equilibrium_loss`` and ``predicted_regime``; provenance in attrs.
+        (``lyapunov``), ``status``, ``bad_step``, ``regime`` (int8 codes: `decode_regime` gives the
+        labels, `regime_reason` the reasons); per configuration ``alphas`` (dim ``group``),
+        ``random_loss``, ``total_threshold``, ``divergence_threshold``; per (elr, config)
+        ``equilibrium_loss`` and ``predicted_regime`` (codes); provenance in attrs.
     """
     plan = _plan(problem_or_alphas, elrs, seeds, steps=steps, tail=tail, constraint=constraint,
                  backend=backend, dtype=dtype, lyapunov=lyapunov, chunk_size=chunk_size, dim=dim)
@@ -181,13 +182,18 @@ class _MemorySink:
         pass
 
 
-def open_scan(path, allow_incomplete: bool = False):
+def open_scan(path, allow_incomplete: bool = False, decode: bool = False):
     """Open a scan store written by `scan` (lazy ``xarray.Dataset``); an unfinished store
     raises ``ValueError`` unless ``allow_incomplete``, and a damaged one (a chunk file missing or
     of the wrong size) raises ``ValueError`` naming the chunks, whatever ``allow_incomplete``:
-    re-running the scan recomputes them."""
+    re-running the scan recomputes them. A store of an older layout (``format`` of its manifest:
+    ``toymodel-scan/1`` stored the labels and reasons as strings) is refused, naming both.
+
+    ``decode=True`` loads ``regime`` and ``predicted_regime`` as label strings (`decode_regime`:
+    76 B per cell instead of 1); by default they stay int8 codes."""
     from ._store import open_store
-    return open_store(path, allow_incomplete=allow_incomplete)
+    ds = open_store(path, allow_incomplete=allow_incomplete, format=FORMAT)
+    return decode_regime(ds) if decode else ds
 
 
 def verify_scan(path) -> dict:

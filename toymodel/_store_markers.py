@@ -58,30 +58,27 @@ def _marker_damage(root: str, marker: dict, full: bool):
     return None
 
 
-def _read_markers(path: str):
-    """``(markers, damage)``: the readable completion markers by chunk id, and the unreadable ones."""
+def iter_markers(path: str):
+    """``(chunk_id, marker)`` of every completion marker, in chunk order, one at a time (a store's
+    markers are never all held in memory); ``marker`` is ``None`` when the file is unreadable."""
     done_dir = os.path.join(path, META, "done")
-    markers, damage = {}, []
-    for n in sorted(os.listdir(done_dir)):
-        if not (n.endswith(".json") and n[:-5].isdigit()):
-            continue
-        c = int(n[:-5])
+    ids = sorted(int(n[:-5]) for n in os.listdir(done_dir) if n.endswith(".json") and n[:-5].isdigit())
+    for c in ids:
         try:
-            with open(os.path.join(done_dir, n)) as f:
-                markers[c] = json.load(f)
+            with open(os.path.join(done_dir, f"{c}.json")) as f:
+                marker = json.load(f)
         except (OSError, ValueError):
-            damage.append((c, "its completion marker is unreadable"))
-    return markers, damage
+            marker = None
+        yield c, marker
 
 
 def check_markers(path, full: bool = True):
     """``(done, damage)``: ids of the chunks whose files match their markers, and
     ``(chunk_id, what)`` for those that do not."""
     path = os.path.abspath(os.fspath(path))
-    markers, damage = _read_markers(path)
-    done = set()
-    for c, m in markers.items():
-        what = _marker_damage(path, m, full)
+    done, damage = set(), []
+    for c, m in iter_markers(path):
+        what = "its completion marker is unreadable" if m is None else _marker_damage(path, m, full)
         if what is None:
             done.add(c)
         else:

@@ -68,16 +68,121 @@ def _check_criteria(conv_rtol, div_frac):
                          f"div_frac={div_frac!r}")
 
 
-def _where(mask):
-    """Index tuples of the true cells of ``mask`` (0-d included)."""
-    return [tuple(i) for i in np.argwhere(mask)]
+# -- integer codes: a scan stores one byte per cell, decoded to the labels on demand ------------------
+#: label -> code, the label's index in `LABELS` (fixed order, new labels at the end: a stored code
+#: keeps its meaning).
+REGIME_CODES = {label: i for i, label in enumerate(LABELS)}
+#: the code of a cell not computed yet (an unfinished store); it decodes to ``""``.
+NOT_COMPUTED = -1
+#: ``_DECODE[code]``: index -1 (`NOT_COMPUTED`) is the last entry, ``""``.
+_DECODE = np.array(LABELS + ("",))
+_CONV, _CHAOS, _DIV = (REGIME_CODES[r] for r in REGIMES)
+_INVALID, _UNRESOLVED = REGIME_CODES[INVALID], REGIME_CODES[UNRESOLVED]
 
 
-def _motion_reason(angle):
-    # at most 63 characters, so the scan's fixed-width reason field never cuts it
-    deg = float(np.degrees(angle))
-    shown = f"{deg:.2g}" if deg >= 1e-3 or deg == 0 else "<0.001"
-    return f"moved {shown}° per step in the tail; run longer or raise the ELR"
+def flag_attrs() -> dict:
+    """CF attributes of a variable of regime codes: ``flag_values`` (int8 0..5) and
+    ``flag_meanings`` (the `LABELS`, blank-separated, in code order)."""
+    return {"flag_values": np.arange(len(LABELS), dtype=np.int8), "flag_meanings": " ".join(LABELS),
+            "comment": f"{NOT_COMPUTED}: not computed yet (an unfinished store)"}
+
+
+def encode(labels) -> np.ndarray:
+    """Regime labels -> int8 codes (`REGIME_CODES`; ``""`` -> `NOT_COMPUTED`); an integer array
+    is taken as codes already and returned as int8. Vectorised: one comparison per label."""
+    arr = np.asarray(labels)
+    if arr.dtype.kind in "iu":
+        if arr.size and (arr.min() < NOT_COMPUTED or arr.max() >= len(LABELS)):
+            raise ValueError(f"regime codes must be in [{NOT_COMPUTED}, {len(LABELS) - 1}], got "
+                             f"{int(arr.min())}..{int(arr.max())}")
+        return arr.astype(np.int8, copy=False)
+    arr = arr.astype(str)
+    out = np.full(arr.shape, NOT_COMPUTED, np.int8)
+    for label, code in REGIME_CODES.items():
+        out[arr == label] = code
+    unknown = (out == NOT_COMPUTED) & (arr != "")
+    if unknown.any():
+        raise ValueError(f"unknown regime labels {sorted(set(arr[unknown].tolist()))}; known: {LABELS}")
+    return out
+
+
+def decode(codes) -> np.ndarray:
+    """int8 codes -> label strings (``<U19``; `NOT_COMPUTED` -> ``""``); strings pass unchanged."""
+    arr = np.asarray(codes)
+    if arr.dtype.kind in "US":
+        return arr.astype(str)
+    codes = encode(arr)
+    return _DECODE[codes.reshape(-1)].reshape(codes.shape)  # 0-d stays an array
+
+
+def classify_codes(tail_loss, random_loss, *, invalid=None, tail_angle=None, tail_steps=None,
+                   conv_rtol=CONV_RTOL, div_frac=DIV_FRAC) -> np.ndarray:
+    """The labels of `classify_summary` as int8 codes (`REGIME_CODES`), without the reasons:
+    whole-array operations only, for the scans (`summary_reasons` derives the reasons later).
+
+    ``invalid`` is a boolean mask (same shape) of cells a kernel could not compute (a scan's
+    ``status != 0``); the other arguments as in `classify_summary`."""
+    _check_criteria(conv_rtol, div_frac)
+    if (tail_angle is None) != (tail_steps is None):
+        raise ValueError("give tail_angle and tail_steps together (the rotation over the tail is "
+                         f"their product), got tail_angle={tail_angle!r}, tail_steps={tail_steps!r}")
+    loss, rand = np.broadcast_arrays(np.asarray(tail_loss, dtype=np.float64),
+                                     np.asarray(random_loss, dtype=np.float64))
+    with np.errstate(all="ignore"):
+        ratio = loss / rand
+        codes = np.where(ratio <= conv_rtol, _CONV, np.where(ratio >= div_frac, _DIV, _CHAOS))
+        codes = codes.astype(np.int8)
+        if tail_angle is not None:
+            if (isinstance(tail_steps, bool) or not isinstance(tail_steps, (int, np.integer))
+                    or tail_steps < 1):
+                raise ValueError(f"tail_steps must be an integer >= 1, got {tail_steps!r}")
+            angle = np.broadcast_to(np.asarray(tail_angle, dtype=np.float64), codes.shape)
+            codes[(codes != _CONV) & np.isfinite(angle) & (angle * tail_steps < MIN_TAIL_ROTATION)] = _UNRESOLVED
+        bad = ~(np.isfinite(rand) & (rand > 0)) | ~np.isfinite(loss) | (loss < -conv_rtol * rand)
+    if invalid is not None:
+        bad = bad | np.asarray(invalid, dtype=bool)
+    codes[bad] = _INVALID
+    return codes
+
+
+def _motion_reasons(angle) -> np.ndarray:
+    """``"moved X° per step in the tail; ..."`` for each angle (radians), at most 63 characters."""
+    deg = np.degrees(np.asarray(angle, dtype=np.float64))
+    shown = np.char.mod("%.2g", deg).astype(object)
+    shown[~((deg >= 1e-3) | (deg == 0))] = "<0.001"
+    return "moved " + shown + "° per step in the tail; run longer or raise the ELR"
+
+
+def summary_reasons(codes, tail_loss, random_loss, *, invalid_reason=None, tail_angle=None,
+                    conv_rtol=CONV_RTOL) -> np.ndarray:
+    """The reason of every cell labelled ``codes`` (`classify_codes`), an object array: ``""`` for
+    a regime; for an unresolved cell the angle it moved per step; for an invalid cell the first that
+    applies of ``invalid_reason`` (the kernel's, ``""`` where none), a random level that is not
+    positive and finite, a non-finite tail loss, a negative tail loss. Only flagged cells are formatted."""
+    codes = np.asarray(codes)
+    loss, rand = np.broadcast_arrays(np.asarray(tail_loss, dtype=np.float64),
+                                     np.asarray(random_loss, dtype=np.float64))
+    reasons = np.full(codes.shape, "", dtype=object)
+    still = codes == _UNRESOLVED
+    if tail_angle is not None and still.any():
+        reasons[still] = _motion_reasons(np.broadcast_to(tail_angle, codes.shape)[still])
+    bad = codes == _INVALID
+    if not bad.any():
+        return reasons
+    given = (np.broadcast_to(np.asarray(invalid_reason, dtype=object), codes.shape)[bad]
+             if invalid_reason is not None else np.full(int(bad.sum()), "", dtype=object))
+    lo, ra = loss[bad], rand[bad]
+    text = np.where(given.astype(bool), given, "")
+    with np.errstate(all="ignore"):
+        rules = ((~(np.isfinite(ra) & (ra > 0)),
+                  lambda i: f"random level must be positive and finite, got {float(ra[i])!r}"),
+                 (~np.isfinite(lo), lambda i: "non-finite tail loss"),
+                 (lo < -conv_rtol * ra, lambda i: f"negative tail loss {float(lo[i]):.6g}; losses must be >= 0"))
+    for hit, say in rules:
+        for i in np.flatnonzero(hit & (text == "")):
+            text[i] = say(i)
+    reasons[bad] = text
+    return reasons
 
 
 def classify_summary(tail_loss, random_loss, *, invalid_reason=None, tail_angle=None,
@@ -94,47 +199,18 @@ def classify_summary(tail_loss, random_loss, *, invalid_reason=None, tail_angle=
     and ``tail_steps`` (the number of steps in the tail, an int) are given together or not at all;
     with them, a valid cell that did not converge and turned by less than `MIN_TAIL_ROTATION`
     over the tail is ``"unresolved"`` (module docstring).
+
+    The labels are `classify_codes` decoded, the reasons `summary_reasons`.
     """
-    _check_criteria(conv_rtol, div_frac)
-    if (tail_angle is None) != (tail_steps is None):
-        raise ValueError("give tail_angle and tail_steps together (the rotation over the tail is "
-                         f"their product), got tail_angle={tail_angle!r}, tail_steps={tail_steps!r}")
-    loss = np.asarray(tail_loss, dtype=np.float64)
-    rand = np.asarray(random_loss, dtype=np.float64)
-    loss, rand = np.broadcast_arrays(loss, rand)
-    with np.errstate(all="ignore"):
-        ratio = loss / rand
-    labels = np.where(ratio <= conv_rtol, "convergence",
-                      np.where(ratio >= div_frac, "divergence", "chaotic_equilibrium")).astype("<U19")
-    reasons = np.full(loss.shape, "", dtype=object)
-    if tail_angle is not None:
-        if isinstance(tail_steps, bool) or not isinstance(tail_steps, (int, np.integer)) or tail_steps < 1:
-            raise ValueError(f"tail_steps must be an integer >= 1, got {tail_steps!r}")
-        angle = np.broadcast_to(np.asarray(tail_angle, dtype=np.float64), loss.shape)
-        still = (labels != "convergence") & np.isfinite(angle) & (angle * tail_steps < MIN_TAIL_ROTATION)
-        labels = np.where(still, UNRESOLVED, labels)
-        for idx in _where(still):
-            reasons[idx] = _motion_reason(angle[idx])
-    # invalid cells: the kernel's reason first, then what the numbers themselves show
-    bad = np.zeros(loss.shape, bool)
+    shape = np.broadcast_shapes(np.shape(tail_loss), np.shape(random_loss))
+    marked = None
     if invalid_reason is not None:
-        given = np.broadcast_to(np.asarray(invalid_reason, dtype=object), loss.shape)
-        marked = np.vectorize(bool, otypes=[bool])(given) if given.size else np.zeros(loss.shape, bool)
-        reasons = np.where(marked, given, reasons)
-        bad = bad | marked
-    rand_bad = ~(np.isfinite(rand) & (rand > 0)) & ~bad
-    for idx in _where(rand_bad):
-        reasons[idx] = f"random level must be positive and finite, got {float(rand[idx])!r}"
-    bad = bad | rand_bad
-    nonfinite = ~np.isfinite(loss) & ~bad
-    reasons = np.where(nonfinite, "non-finite tail loss", reasons)
-    bad = bad | nonfinite
-    negative = (loss < -conv_rtol * rand) & ~bad
-    for idx in _where(negative):
-        reasons[idx] = f"negative tail loss {float(loss[idx]):.6g}; losses must be >= 0"
-    bad = bad | negative
-    labels = np.where(bad, INVALID, labels)
-    return labels, reasons.astype(str)
+        marked = np.broadcast_to(np.asarray(invalid_reason, dtype=object), shape).astype(bool)
+    codes = classify_codes(tail_loss, random_loss, invalid=marked, tail_angle=tail_angle,
+                           tail_steps=tail_steps, conv_rtol=conv_rtol, div_frac=div_frac)
+    reasons = summary_reasons(codes, tail_loss, random_loss, invalid_reason=invalid_reason,
+                              tail_angle=tail_angle, conv_rtol=conv_rtol)
+    return decode(codes), reasons.astype(str)
 
 
 def _trend(tail_loss):

@@ -11,8 +11,9 @@ function, `compute_chunk`, computes a chunk from its description alone, so the s
 plan gives the same bits in-process, on Dask workers (`toymodel.distributed`) and after a
 resume from a zarr store (`toymodel._store`).
 
-Beside the observed ``regime`` (`toymodel.regimes.classify_summary`, which judges the
-dynamics only), the dataset carries the theory's predictions for comparison:
+Beside the observed ``regime`` (int8 codes of `toymodel.regimes.classify_codes`, which judges
+the dynamics only; `decode_regime` gives the labels, `regime_reason` each cell's reason), the
+dataset carries the theory's predictions for comparison:
 ``predicted_regime`` (T10, T12), ``equilibrium_loss`` $L^*=(\sum\alpha_i-1/\tilde\eta)/2$
 (T12), the thresholds $1/\sum\alpha_i$ and $1/\min\alpha_i$ (T10) and the random level.
 
@@ -28,14 +29,16 @@ from __future__ import annotations
 
 # the names of __all__, and (noqa) the ones reachable here before the split
 from ._grids import MAX_SEED, elr_grid  # noqa: F401
-from ._scan_agreement import Agreement, agreement, convergence_boundary  # noqa: F401
-from ._scan_chunk import REASON_WIDTH, REGIME_WIDTH, CellSpec, ChunkTask, compute_chunk  # noqa: F401
-from ._scan_dataset import template  # noqa: F401
-from ._scan_plan import (CELL_DIMS, MAX_CHUNK_CELLS, MAX_ELEMENT_STEPS,  # noqa: F401
+from ._scan_agreement import (Agreement, LossAgreement, agreement,  # noqa: F401
+                              convergence_boundary, loss_agreement)
+from ._scan_chunk import CellSpec, ChunkTask, compute_chunk  # noqa: F401
+from ._scan_dataset import decode_regime, regime_reason, template  # noqa: F401
+from ._scan_plan import (CELL_DIMS, FORMAT, MAX_CHUNK_CELLS, MAX_ELEMENT_STEPS,  # noqa: F401
                          MAX_ELR_CONFIG_PAIRS, MAX_STORE_CHUNKS, TARGET_ELEMENT_STEPS, ScanPlan,
                          plan_chunks)
 from ._scan_plot import MAX_PIXELS, figure_pixels, plot_scan  # noqa: F401
 from ._scan_run import open_scan, scan, verify_scan
 
-__all__ = ["scan", "agreement", "Agreement", "open_scan", "verify_scan", "plot_scan",
-           "elr_grid", "plan_chunks", "compute_chunk", "CELL_DIMS", "TARGET_ELEMENT_STEPS"]
+__all__ = ["scan", "agreement", "Agreement", "loss_agreement", "LossAgreement", "open_scan",
+           "verify_scan", "plot_scan", "decode_regime", "regime_reason", "elr_grid", "plan_chunks",
+           "compute_chunk", "CELL_DIMS", "TARGET_ELEMENT_STEPS"]
