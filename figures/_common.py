@@ -7,6 +7,7 @@ same seeds, so they give the same numbers up to the backend's rounding.
 """
 from __future__ import annotations
 
+import inspect
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,9 +33,6 @@ REGIME_TITLES = {"convergence": "convergence", "chaotic_equilibrium": "chaotic e
 #: integer codes for saving labels in .npz files (index into this tuple).
 REGIME_CODES = regimes.LABELS
 ENGINES = ("auto", "scan", "direct")
-#: backend every figure computes with (``toymodel figures --backend`` sets it); see
-#: `toymodel.backend.resolve`.
-BACKEND = "auto"
 
 
 # -- style and output -----------------------------------------------------------------------------
@@ -72,9 +70,11 @@ def save_figure(fig, out_dir, name: str) -> list[Path]:
     return paths
 
 
-def write_figure(name: str, compute, plot, out_dir, quick: bool) -> list[Path]:
-    """The body of every ``main``: ``compute(quick)``, save the data, draw and save the figure."""
-    data, params = compute(quick)
+def write_figure(name: str, compute, plot, out_dir, quick: bool, backend: str = "auto") -> list[Path]:
+    """The body of every ``main``: ``compute(quick, backend=backend)`` (``backend`` only for a
+    compute that takes it: the network figures train with torch), save the data, draw and save."""
+    takes = "backend" in inspect.signature(compute).parameters
+    data, params = compute(quick, backend=backend) if takes else compute(quick)
     paths = [save_data(out_dir, name, dict(params, quick=bool(quick)), **data)]
     with style():
         paths += save_figure(plot(data, params), out_dir, name)
@@ -115,12 +115,12 @@ def _jsonable(obj):
     raise TypeError(f"cannot save {type(obj).__name__} as JSON")
 
 
-def provenance(**params) -> dict:
-    """Parameters plus the package version and the backend actually used."""
+def provenance(backend: str = "auto", **params) -> dict:
+    """Parameters plus the package version and the backend ``backend`` resolves to."""
     import toymodel
 
     return {"toymodel_version": toymodel.__version__,
-            "backend": _backend.resolve(BACKEND), **params}
+            "backend": _backend.resolve(backend), **params}
 
 
 # -- regimes ----------------------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def _scan_available() -> bool:
 
 
 def run_summaries(alphas, elrs, seeds, *, steps, tail, constraint="total", lyapunov=False,
-                  engine="auto", backend=None, progress_bar=False, desc="runs") -> dict:
+                  engine="auto", backend="auto", progress_bar=False, desc="runs") -> dict:
     """Summaries of projected GD on ``SphereToy(alphas)`` for every ELR × seed, arrays ``(E, S)``.
 
     ``engine="scan"`` calls `toymodel.scan.scan`; ``"direct"`` calls
@@ -178,7 +178,6 @@ def run_summaries(alphas, elrs, seeds, *, steps, tail, constraint="total", lyapu
     Returns `toymodel.dynamics.SUMMARY_NAMES` plus
     ``regime`` (label strings, from `toymodel.regimes.classify_summary`) and ``engine``.
     """
-    backend = BACKEND if backend is None else backend
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     elrs = np.asarray(elrs, dtype=np.float64)
@@ -241,7 +240,7 @@ def _via_scan(alphas, elrs, seeds, *, steps, tail, constraint, lyapunov, backend
     return out
 
 
-def orbit(problem, theta0, elr, *, steps, keep, constraint="total", backend=None):
+def orbit(problem, theta0, elr, *, steps, keep, constraint="total", backend="auto"):
     """The last ``keep`` states of ``steps`` projected-GD steps, shape ``(keep, B, n, d)``.
 
     Runs `toymodel.backend.summarize` for ``steps - keep`` steps, then one step at a time
@@ -252,7 +251,7 @@ def orbit(problem, theta0, elr, *, steps, keep, constraint="total", backend=None
     if keep >= steps:
         raise ValueError(f"keep must be smaller than steps={steps}, got {keep}")
     elr = np.asarray(elr, dtype=np.float64)
-    run = dict(constraint=constraint, backend=BACKEND if backend is None else backend, tail=1)
+    run = dict(constraint=constraint, backend=backend, tail=1)
     theta = _backend.summarize(problem, theta0, elr, steps=steps - keep, **run)["theta_final"]
     states = []
     for _ in range(keep):

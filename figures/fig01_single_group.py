@@ -29,7 +29,7 @@ CAPTION = ("One SI group (T11). Left: the angle map φ' = φ − arctan(η̃α·
            "±½·arccos(1/(η̃α)) overlaid: convergence to φ = 0 iff η̃α < 1.")
 
 
-def compute(quick=False):
+def compute(quick=False, backend="auto"):
     """Asymptotic angles of the simulated single-group dynamics over a log grid of $k=\\tilde\\eta\\alpha$."""
     alpha = 1.0
     n_k, seeds, steps, keep = (120, 4, 1500, 8) if quick else (500, 8, 6000, 16)
@@ -38,10 +38,10 @@ def compute(quick=False):
     theta0 = dynamics.initial_states(problem, range(seeds))
     th = np.tile(theta0, (n_k, 1, 1))
     elr = np.repeat(k / alpha, seeds)
-    states = C.orbit(problem, th, elr, steps=steps, keep=keep)  # (keep, K*S, 1, 2)
+    states = C.orbit(problem, th, elr, backend=backend, steps=steps, keep=keep)  # (keep, K*S, 1, 2)
     phi = C.phi_degrees(states[:, :, 0]).reshape(keep, n_k, seeds)
     branch = np.degrees([theory.two_cycle_angle(e, alpha) for e in k / alpha])
-    params = C.provenance(alpha=alpha, seeds=list(range(seeds)), steps=steps, keep=keep,
+    params = C.provenance(backend=backend, alpha=alpha, seeds=list(range(seeds)), steps=steps, keep=keep,
                           constraint="total", dim=2, theory="T11")
     return {"k": k, "phi_deg": np.moveaxis(phi, 0, -1), "branch_deg": branch}, params
 
@@ -81,9 +81,9 @@ def plot(data, params):
     return fig
 
 
-def main(out_dir, quick=False):
+def main(out_dir, quick=False, backend="auto"):
     """Compute, save ``fig01_single_group.{png,pdf,npz}`` into ``out_dir``; returns the paths."""
-    return C.write_figure(NAME, compute, plot, out_dir, quick)
+    return C.write_figure(NAME, compute, plot, out_dir, quick, backend=backend)
 
 
 if __name__ == "__main__":

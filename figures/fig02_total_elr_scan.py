@@ -30,11 +30,11 @@ CAPTION = ("Total-ELR scan of the toy with α = (1, 2, 4) (T10, T12). Top: tail 
            "observed. Bottom: mean angle per step with the equilibrium's arctan√(c² − 1).")
 
 
-def compute(quick=False, engine="auto"):
+def compute(quick=False, engine="auto", backend="auto"):
     """Run the scan (``toymodel.scan`` when available, else ``backend.summarize``)."""
     n_elr, seeds, steps, tail = (60, 2, 3000, 500) if quick else (300, 6, 20000, 4000)
     elrs = np.logspace(-2, 1, n_elr)
-    res = C.run_summaries(ALPHAS, elrs, range(seeds), steps=steps, tail=tail, engine=engine,
+    res = C.run_summaries(ALPHAS, elrs, range(seeds), backend=backend, steps=steps, tail=tail, engine=engine,
                           progress_bar=not quick, desc=NAME)
     data = {"elr": elrs, "alphas": np.array(ALPHAS),
             "tail_loss": res["tail_loss"], "tail_loss_std": res["tail_loss_std"],
@@ -42,7 +42,7 @@ def compute(quick=False, engine="auto"):
             "regime_code": C.regime_codes(res["regime"]),
             "equilibrium_loss": np.array([theory.equilibrium_loss(e, ALPHAS) for e in elrs]),
             "predicted_code": C.regime_codes([theory.predict_regime(e, ALPHAS) for e in elrs])}
-    params = C.provenance(alphas=list(ALPHAS), seeds=list(range(seeds)), steps=steps, tail=tail,
+    params = C.provenance(backend=backend, alphas=list(ALPHAS), seeds=list(range(seeds)), steps=steps, tail=tail,
                           constraint="total", engine=res["engine"], dims="(elr, seed)",
                           regime_codes=list(C.REGIME_CODES), theory="T10, T12")
     return data, params
@@ -85,9 +85,9 @@ def plot(data, params):
     return fig
 
 
-def main(out_dir, quick=False):
+def main(out_dir, quick=False, backend="auto"):
     """Compute, save ``fig02_total_elr_scan.{png,pdf,npz}`` into ``out_dir``; returns the paths."""
-    return C.write_figure(NAME, compute, plot, out_dir, quick)
+    return C.write_figure(NAME, compute, plot, out_dir, quick, backend=backend)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def cases(alphas):
             ("divergence", 3.0 / float(np.min(alphas)), "η̃ = 3/min α"))
 
 
-def compute(quick=False):
+def compute(quick=False, backend="auto"):
     """Simulate one run per regime and keep the traces of $\\tilde\\eta_i\\alpha_i$ and the loss."""
     steps, seed = (1500, 0) if quick else (10000, 0)
     problem = SphereToy(ALPHAS)
@@ -58,7 +58,7 @@ def compute(quick=False):
             "elr_times_alpha": np.stack(k), "loss": np.stack(loss),
             "regime_code": C.regime_codes(observed),
             "predicted_code": C.regime_codes([theory.predict_regime(c[1], a) for c in cases(a)])}
-    params = C.provenance(alphas=list(ALPHAS), seed=seed, steps=steps, constraint="total",
+    params = C.provenance(backend=backend, alphas=list(ALPHAS), seed=seed, steps=steps, constraint="total",
                           dims="(case, step, group)", cases=[c[0] for c in cases(a)],
                           regime_codes=list(C.REGIME_CODES), theory="T7-T10, T12")
     return data, params
@@ -99,9 +99,9 @@ def plot(data, params):
     return fig
 
 
-def main(out_dir, quick=False):
+def main(out_dir, quick=False, backend="auto"):
     """Compute, save ``fig03_individual_elrs.{png,pdf,npz}`` into ``out_dir``; returns the paths."""
-    return C.write_figure(NAME, compute, plot, out_dir, quick)
+    return C.write_figure(NAME, compute, plot, out_dir, quick, backend=backend)
 
 
 if __name__ == "__main__":

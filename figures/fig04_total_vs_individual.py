@@ -37,7 +37,7 @@ CAPTION = ("Total vs individual constraint, toy α = (1, 2, 4). Per-group tail l
            "sits on its own 2-cycle, 1 − 1/(nη̃αᵢ). Lines: theory; dots: simulation.")
 
 
-def compute(quick=False):
+def compute(quick=False, backend="auto"):
     """Per-group tail losses for both constraints over an ELR grid (mean of the last ``keep`` states)."""
     n_elr, seeds, steps, keep = (50, 2, 2500, 60) if quick else (200, 4, 12000, 400)
     elrs = np.logspace(-2, np.log10(3.0), n_elr)
@@ -48,7 +48,7 @@ def compute(quick=False):
         for j, constraint in enumerate(CONSTRAINTS):
             theta0 = dynamics.initial_states(problem, range(seeds), constraint)
             th = np.tile(theta0, (n_elr, 1, 1))
-            states = C.orbit(problem, th, np.repeat(elrs, seeds), steps=steps, keep=keep,
+            states = C.orbit(problem, th, np.repeat(elrs, seeds), backend=backend, steps=steps, keep=keep,
                              constraint=constraint)
             out[j] = C.group_losses(states, a).mean(0).reshape(n_elr, seeds, a.size)
             bar.update()
@@ -56,7 +56,7 @@ def compute(quick=False):
             "group_random_loss": a / 2,
             "individual_thresholds": theory.individual_constraint_thresholds(a),
             "total_threshold": np.array(theory.total_threshold(a))}
-    params = C.provenance(alphas=list(ALPHAS), seeds=list(range(seeds)), steps=steps, keep=keep,
+    params = C.provenance(backend=backend, alphas=list(ALPHAS), seeds=list(range(seeds)), steps=steps, keep=keep,
                           constraints=list(CONSTRAINTS), shares="equal (individual)",
                           dims="(constraint, elr, seed, group)", theory="T10-T12, §3")
     return data, params
@@ -105,9 +105,9 @@ def plot(data, params):
     return fig
 
 
-def main(out_dir, quick=False):
+def main(out_dir, quick=False, backend="auto"):
     """Compute, save ``fig04_total_vs_individual.{png,pdf,npz}`` into ``out_dir``; returns the paths."""
-    return C.write_figure(NAME, compute, plot, out_dir, quick)
+    return C.write_figure(NAME, compute, plot, out_dir, quick, backend=backend)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def alphas_for(n):
     return tuple(float(i) for i in range(1, n + 1))
 
 
-def compute(quick=False, engine="auto"):
+def compute(quick=False, engine="auto", backend="auto"):
     """One scan per number of groups (``toymodel.scan`` when available, else ``backend.summarize``)."""
     n_max, n_elr, seeds, steps, tail = (6, 40, 1, 2500, 500) if quick else (12, 160, 3, 20000, 4000)
     elrs = np.logspace(-2.5, 1, n_elr)
@@ -44,7 +44,7 @@ def compute(quick=False, engine="auto"):
     with progress(total=ns.size, desc=NAME, disable=quick) as bar:
         for j, n in enumerate(ns):
             a = alphas_for(n)
-            res = C.run_summaries(a, elrs, range(seeds), steps=steps, tail=tail, engine=engine)
+            res = C.run_summaries(a, elrs, range(seeds), backend=backend, steps=steps, tail=tail, engine=engine)
             ratio[j] = res["tail_loss"] / theory.random_loss(a)
             codes[j] = C.regime_codes(res["regime"])
             engines.add(res["engine"])
@@ -53,7 +53,7 @@ def compute(quick=False, engine="auto"):
             "total_threshold": np.array([theory.total_threshold(alphas_for(n)) for n in ns]),
             "divergence_threshold": np.array([theory.divergence_threshold(alphas_for(n))
                                               for n in ns])}
-    params = C.provenance(alphas="alpha_i = i, i = 1..n", seeds=list(range(seeds)), steps=steps,
+    params = C.provenance(backend=backend, alphas="alpha_i = i, i = 1..n", seeds=list(range(seeds)), steps=steps,
                           tail=tail, constraint="total", engine=sorted(engines),
                           dims="(n_groups, elr, seed)", regime_codes=list(C.REGIME_CODES),
                           theory="T10, T12")
@@ -99,9 +99,9 @@ def plot(data, params):
     return fig
 
 
-def main(out_dir, quick=False):
+def main(out_dir, quick=False, backend="auto"):
     """Compute, save ``fig05_phase_diagram.{png,pdf,npz}`` into ``out_dir``; returns the paths."""
-    return C.write_figure(NAME, compute, plot, out_dir, quick)
+    return C.write_figure(NAME, compute, plot, out_dir, quick, backend=backend)
 
 
 if __name__ == "__main__":

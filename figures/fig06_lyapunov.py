@@ -35,16 +35,16 @@ CAPTION = ("Largest Lyapunov exponent per step against c = η̃Σα, toy α = (1
            "Background: observed regime; dash-dotted: η̃ = 1/min α.")
 
 
-def compute(quick=False, engine="auto"):
+def compute(quick=False, engine="auto", backend="auto"):
     """Lyapunov exponents over a log grid of $c$ (scan with ``lyapunov=True`` or ``backend.summarize``)."""
     n_c, seeds, steps, tail = (40, 2, 3000, 1500) if quick else (160, 6, 20000, 8000)
     c = np.logspace(np.log10(0.5), np.log10(20.0), n_c)
     s = float(np.sum(ALPHAS))
-    res = C.run_summaries(ALPHAS, c / s, range(seeds), steps=steps, tail=tail, lyapunov=True,
+    res = C.run_summaries(ALPHAS, c / s, range(seeds), backend=backend, steps=steps, tail=tail, lyapunov=True,
                           engine=engine, progress_bar=not quick, desc=NAME)
     data = {"c": c, "elr": c / s, "alphas": np.array(ALPHAS), "lyapunov": res["lyapunov"],
             "tail_loss": res["tail_loss"], "regime_code": C.regime_codes(res["regime"])}
-    params = C.provenance(alphas=list(ALPHAS), seeds=list(range(seeds)), steps=steps, tail=tail,
+    params = C.provenance(backend=backend, alphas=list(ALPHAS), seeds=list(range(seeds)), steps=steps, tail=tail,
                           constraint="total", engine=res["engine"], dims="(c, seed)",
                           lyapunov_units="per step (natural log)",
                           regime_codes=list(C.REGIME_CODES), theory="T12")
@@ -79,9 +79,9 @@ def plot(data, params):
     return fig
 
 
-def main(out_dir, quick=False):
+def main(out_dir, quick=False, backend="auto"):
     """Compute, save ``fig06_lyapunov.{png,pdf,npz}`` into ``out_dir``; returns the paths."""
-    return C.write_figure(NAME, compute, plot, out_dir, quick)
+    return C.write_figure(NAME, compute, plot, out_dir, quick, backend=backend)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ CAPTION = ("Conventional training (GD + weight decay, no projection) of the toy 
            "the conventional tail loss is 3–5% above it for ηλ ≤ 0.1 (T25), on it above.")
 
 
-def compute(quick=False, engine="auto"):
+def compute(quick=False, engine="auto", backend="auto"):
     """Run every (η, λ, seed) cell in one batch, and the fixed-ELR scan beside it."""
     n_lr, n_wd, seeds, steps, tail = (8, 8, 1, 2000, 1000) if quick else (25, 25, 2, 20000, 8000)
     lrs = np.logspace(-2, 0.5, n_lr)
@@ -72,14 +72,14 @@ def compute(quick=False, engine="auto"):
         flat[idx] = np.asarray(vals).reshape(cells, seeds)
     # the fixed-ELR scan: c = elr * sum(alpha) from just above the threshold to 20
     cs = 1.0 + np.logspace(-3, np.log10(19.0), 12 if quick else 40)
-    fixed = C.run_summaries(ALPHAS, cs / sum(ALPHAS), range(seeds), steps=steps, tail=tail,
+    fixed = C.run_summaries(ALPHAS, cs / sum(ALPHAS), range(seeds), backend=backend, steps=steps, tail=tail,
                             engine=engine, desc=NAME)
     data = {"lr": lrs, "weight_decay": wds, "alphas": np.array(ALPHAS), "tail_loss": tail_loss,
             "regime_code": code, "converged_exactly": exact, "c": cs,
             "fixed_tail_loss": fixed["tail_loss"],
             "fixed_equilibrium_loss": np.array([theory.equilibrium_loss(c / sum(ALPHAS), ALPHAS)
                                                 for c in cs])}
-    params = C.provenance(alphas=list(ALPHAS), seeds=list(range(seeds)), steps=steps, tail=tail,
+    params = C.provenance(backend=backend, alphas=list(ALPHAS), seeds=list(range(seeds)), steps=steps, tail=tail,
                           start="unit-norm initial_states", engine=fixed["engine"],
                           dims="(lr, weight_decay, seed); fixed: (c, seed)",
                           regime_codes=list(LABELS), theory="T20-T26")
@@ -171,9 +171,9 @@ def plot(data, params):
     return fig
 
 
-def main(out_dir, quick=False):
+def main(out_dir, quick=False, backend="auto"):
     """Compute, save ``fig08_conventional.{png,pdf,npz}`` into ``out_dir``; returns the paths."""
-    return C.write_figure(NAME, compute, plot, out_dir, quick)
+    return C.write_figure(NAME, compute, plot, out_dir, quick, backend=backend)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def _codes(orbit):
     return np.vectorize(lookup.__getitem__, otypes=[np.int8])(np.asarray(orbit).astype(str))
 
 
-def compute(quick=False):
+def compute(quick=False, backend="auto"):
     """Run the census (numba backend when installed)."""
     if quick:
         cs = np.array([1.1, 1.2, 1.3, 1.43, 1.6, 2.0])
@@ -50,7 +50,7 @@ def compute(quick=False):
         cs = np.concatenate([np.linspace(1.02, 2.0, 50), np.linspace(2.2, 4.0, 10)])
         seeds, steps, tail = 256, 20000, 2000
     res = census.orbit_census(ALPHAS, cs, seeds=seeds, steps=steps, tail=tail,
-                              backend=C.BACKEND, as_dataset=False)
+                              backend=backend, as_dataset=False)
     env = census.envelope(ALPHAS, cs, census=res)
     data = {"c": cs, "alphas": np.array(ALPHAS),
             "orbit_code": _codes(res["orbit"]),
@@ -58,7 +58,7 @@ def compute(quick=False):
             "tail_loss": res["tail_loss"], "lyapunov": res["lyapunov"], "basin": res["basin"],
             "equilibrium_loss": res["equilibrium_loss"], "envelope_lower": env["lower"],
             "envelope_upper": env["upper"]}
-    params = C.provenance(alphas=list(ALPHAS), seeds=seeds, steps=steps, tail=tail,
+    params = C.provenance(backend=backend, alphas=list(ALPHAS), seeds=seeds, steps=steps, tail=tail,
                           orbit_classes=list(census.ORBITS), dims="(c, seed)",
                           backend_used=res["attrs"]["backend"], theory="T12, T30-T35")
     return data, params
@@ -127,9 +127,9 @@ def plot(data, params):
     return fig
 
 
-def main(out_dir, quick=False):
+def main(out_dir, quick=False, backend="auto"):
     """Compute, save ``fig09_orbit_census.{png,pdf,npz}`` into ``out_dir``; returns the paths."""
-    return C.write_figure(NAME, compute, plot, out_dir, quick)
+    return C.write_figure(NAME, compute, plot, out_dir, quick, backend=backend)
 
 
 if __name__ == "__main__":

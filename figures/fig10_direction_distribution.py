@@ -45,7 +45,7 @@ CAPTION = ("Direction distributions of the toy with α = (1, 2, 4) in d = 3 (T30
            "point, the ring of radius sin(½·arccos(1/c)), diameters (one great circle per seed).")
 
 
-def compute(quick=False):
+def compute(quick=False, backend="auto"):
     """Run every regime to its attractor and keep the last ``keep`` states of every seed."""
     seeds, steps, keep = (16, 2000, 200) if quick else (128, 20000, 2000)
     a = np.array(ALPHAS)
@@ -57,7 +57,7 @@ def compute(quick=False):
     for _, c in REGIMES:
         elr = c / a.sum()
         th = _backend.summarize(problem, theta0, np.full(seeds, elr), steps=steps - keep, tail=1,
-                                backend=C.BACKEND)["theta_final"]
+                                backend=backend)["theta_final"]
         win = census.orbit_window(problem, np.asarray(th), elr, keep, keep_states=True)
         psi = np.degrees(win["psi"])
         hist.append(np.histogram(psi.ravel(), bins=bins, density=True)[0])
@@ -74,7 +74,7 @@ def compute(quick=False):
             "psi_density": np.array(hist), "sin2_bins": sbins, "sin2_density": np.array(shist),
             "mean_loss_ratio": np.array(mean_ratio), "equilibrium_ratio": np.array(lstar),
             "disc": np.array(disc)}
-    params = C.provenance(alphas=list(ALPHAS), dim=DIM, seeds=seeds, steps=steps, keep=keep,
+    params = C.provenance(backend=backend, alphas=list(ALPHAS), dim=DIM, seeds=seeds, steps=steps, keep=keep,
                           regimes=[r for r, _ in REGIMES], theory="T12, T30, T36, T37")
     return data, params
 
@@ -129,9 +129,9 @@ def plot(data, params):
     return fig
 
 
-def main(out_dir, quick=False):
+def main(out_dir, quick=False, backend="auto"):
     """Compute, save ``fig10_direction_distribution.{png,pdf,npz}`` into ``out_dir``; returns the paths."""
-    return C.write_figure(NAME, compute, plot, out_dir, quick)
+    return C.write_figure(NAME, compute, plot, out_dir, quick, backend=backend)
 
 
 if __name__ == "__main__":

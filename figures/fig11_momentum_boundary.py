@@ -56,7 +56,7 @@ def first_failure(c, ok):
     return np.where(bad.any(axis=0), c[idx], np.nan)
 
 
-def compute(quick=False):
+def compute(quick=False, backend="auto"):
     """Converged-or-not over (c, β, seed) for both modes (`toymodel.momentum.convergence_grid`)."""
     c, betas, seeds, steps, tail = grids(quick)
     data = {"c": c, "beta": betas, "alphas": np.array(ALPHAS)}
@@ -68,7 +68,7 @@ def compute(quick=False):
             data[f"tail_loss_{mode}"] = summ["tail_loss"].astype(np.float32)
             data[f"first_failure_{mode}"] = first_failure(c, ok)  # (beta, seed)
             bar.update()
-    params = C.provenance(alphas=list(ALPHAS), seeds=seeds, steps=steps, tail=tail,
+    params = C.provenance(backend=backend, alphas=list(ALPHAS), seeds=seeds, steps=steps, tail=tail,
                           constraint="total", criterion="tail loss < 1e-10 and final_stability < 1",
                           dims="converged_*: (c, beta, seed); first_failure_*: (beta, seed)",
                           modes=list(MODES), theory="T43, T44, T48")
@@ -113,9 +113,9 @@ def plot(data, params):
     return fig
 
 
-def main(out_dir, quick=False):
+def main(out_dir, quick=False, backend="auto"):
     """Compute, save ``fig11_momentum_boundary.{png,pdf,npz}`` into ``out_dir``; returns the paths."""
-    return C.write_figure(NAME, compute, plot, out_dir, quick)
+    return C.write_figure(NAME, compute, plot, out_dir, quick, backend=backend)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """``toymodel figures``: regenerate every figure script under ``figures/`` (PNG + PDF + data).
 
-Each ``figures/figNN_<name>.py`` exposes ``main(out_dir, quick=False)``. Figures whose optional
+Each ``figures/figNN_<name>.py`` exposes ``main(out_dir, quick=False)`` (the toy figures also
+``backend="auto"``, which ``--backend`` sets). Figures whose optional
 dependencies are missing (``fig07`` needs torch) are skipped with a message, not failed.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 import importlib.util
 import os
 import shutil
@@ -70,16 +72,11 @@ def _cmd_figures(args) -> int:
     from ._progress import progress
 
     pkg = _figures_package()
-    common = importlib.import_module("toymodel.figures._common")
     names = select(pkg.FIGURES, args.only)
     if args.backend == "auto" and args.quick:
         # quick grids take seconds in NumPy, less than compiling the Numba kernels would
         args.backend = "numpy"
-    saved, common.BACKEND = common.BACKEND, args.backend
-    try:
-        return _run(names, args, _backend, progress)
-    finally:
-        common.BACKEND = saved
+    return _run(names, args, _backend, progress)
 
 
 def _run(names, args, _backend, progress) -> int:
@@ -104,7 +101,10 @@ def _run(names, args, _backend, progress) -> int:
             t0 = time.perf_counter()
             try:
                 mod = importlib.import_module(f"toymodel.figures.{name}")
-                paths = mod.main(out, quick=args.quick)
+                # the toy figures take the backend as a parameter; the network ones train with torch
+                takes = "backend" in inspect.signature(mod.main).parameters
+                paths = (mod.main(out, quick=args.quick, backend=args.backend) if takes
+                         else mod.main(out, quick=args.quick))
             except Exception as err:  # one broken figure must not hide the others
                 failed.append(name)
                 say(f"  {name}: FAILED: {type(err).__name__}: {err}")
