@@ -279,3 +279,23 @@ def test_trend_rule_is_silent_on_huge_losses():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert regimes.classify(Run(), random_level=3e299, tail=400) == "unresolved"
+
+
+def test_ctrl_c_while_the_command_imports_is_one_line_and_130():
+    # a KeyboardInterrupt raised while `import toymodel` runs (before cli.main exists): the
+    # command prints the one line cli.main prints; a plain library import re-raises it
+    import subprocess
+    import sys
+    code = ("import sys\n"
+            "class Stop:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'toymodel.theory': raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Stop())\n"
+            f"sys.argv[0] = {'{}'!r}\n"
+            "import toymodel\n")
+    cmd = subprocess.run([sys.executable, "-c", code.format("/usr/bin/toymodel")],
+                         capture_output=True, text=True, timeout=120)
+    assert cmd.returncode == 130 and cmd.stderr.strip() == "toymodel: interrupted", cmd.stderr
+    lib = subprocess.run([sys.executable, "-c", code.format("script.py")], capture_output=True,
+                         text=True, timeout=120)
+    assert lib.returncode != 130 and "KeyboardInterrupt" in lib.stderr
