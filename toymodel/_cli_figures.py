@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 #: optional packages a figure needs, by figure number prefix.
-_NEEDS = {"fig07": ("torch",)}
+_NEEDS = {name: ("torch",) for name in ("fig07", "fig12", "fig13", "fig14", "fig15")}
 
 
 def _figures_package():

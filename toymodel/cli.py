@@ -17,7 +17,8 @@ import sys
 
 import numpy as np
 
-_COMMAND_MODULES = ("toymodel._cli_scan", "toymodel._cli_figures", "toymodel._cli_bridge")
+_COMMAND_MODULES = ("toymodel._cli_scan", "toymodel._cli_figures", "toymodel._cli_bridge",
+                    "toymodel._cli_finetune")
 
 
 def _alphas(text: str) -> np.ndarray:

@@ -7,8 +7,12 @@ Imported explicitly (``import toymodel.bridge``); ``import toymodel`` never impo
   the rescale to a constraint object (`TotalSphere`, `GroupSpheres`, `FilterSpheres`);
 * `ConvNetSI`, `ResNet18SI`: the paper's reference networks;
 * `load_data`: digits (default, offline), CIFAR-10/100 from local files, synthetic;
-* `train`, `train_scan`, `run`: training with online metrics -> xarray Dataset; `RunSpec`:
-  what one run does, validated once;
+* `train`, `run`: training with online metrics -> xarray Dataset (fixed ELR on the sphere, or
+  ``mode="full"``: SGD + weight decay in the full space; checkpoints, resume, ``init_from``);
+  `RunSpec`: what one run does, validated once;
+* `train_scan`: ELR x seed scans, resumable, on a Dask cluster with ``client=``
+  (docs/network_scan.md); `PRESETS`: the paper's settings; `finetune_scan`: pre-train per ELR,
+  fine-tune at one small ELR (docs/network_full.md);
 * `SphereAdam`: Adam at a fixed ELR on the sphere (one second moment per unit, first moment
   transported to the projected point; docs/sphere_optimizers.md);
 * `SGDMRT`, `AdamSRT`, `AdamS`: SGD-momentum and Adam with rescaled and transported moments
@@ -22,14 +26,19 @@ from .constraints import Constraint, FilterSpheres, GroupSpheres, TotalSphere
 from .data import ImageData, load_data
 from .gradstats import gradient_statistics
 from .groups import SIGroup, si_groups, verify_scale_invariance
-from .models import ConvNetSI, ResNet18SI, build_model
+from .models import ConvNetSI, ConvNetSIAf, ResNet18SI, ResNet18SIAf, build_model
 from .optim import SphereSGD
 from .sharpness import ggn_trace, hessian_top_eigenvalues, hessian_trace
 from .sphere_adam import SphereAdam
 from .sphere_optim import SGDMRT, AdamS, AdamSRT
-from .training import RunSpec, evaluate, parse_elrs, prepare, run, train, train_scan
+from .finetune import finetune_scan
+from .netscan import train_scan
+from .presets import PRESETS
+from .training import RunSpec, evaluate, parse_elrs, prepare, run, train
 
-__all__ = ["AdamS", "AdamSRT", "Constraint", "ConvNetSI", "FilterSpheres", "GroupSpheres", "ImageData", "ResNet18SI", "RunSpec", "SGDMRT", "SIGroup",
-           "SphereSGD", "build_model", "evaluate", "ggn_trace", "gradient_statistics",
-           "hessian_top_eigenvalues", "hessian_trace", "load_data", "parse_elrs", "prepare", "run",
-           "si_groups", "SphereAdam", "TotalSphere", "train", "train_scan", "verify_scale_invariance"]
+__all__ = ["AdamS", "AdamSRT", "build_model", "Constraint", "ConvNetSI", "ConvNetSIAf",
+           "evaluate", "FilterSpheres", "finetune_scan", "ggn_trace", "gradient_statistics",
+           "GroupSpheres", "hessian_top_eigenvalues", "hessian_trace", "ImageData", "load_data",
+           "parse_elrs", "prepare", "PRESETS", "ResNet18SI", "ResNet18SIAf", "run", "RunSpec",
+           "SGDMRT", "si_groups", "SIGroup", "SphereAdam", "SphereSGD", "TotalSphere", "train",
+           "train_scan", "verify_scale_invariance"]

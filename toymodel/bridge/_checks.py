@@ -3,7 +3,8 @@ its dtype cannot hold, trainable parameters outside the SI groups.
 
 Owns `resolve_device`, `check_fits` (data + parameters + one mini-batch of activations + the
 metric arrays against the device's total memory), `check_lr` ($\eta=\tilde\eta\rho^2$ finite and
-representable) and the SI-group coverage check; nothing is built or trained here.
+representable), `check_mode` (the optimiser fields of a `RunSpec`) and the SI-group coverage
+check; nothing is built or trained here.
 """
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import os
 import numpy as np
 import torch
 
-from .._validate import choice, positive_int
+from .._validate import choice, positive_finite, positive_int
 from . import data as _data
 from . import models as _models
+from ._full import affine_only, split_params
 from .groups import si_groups
 
+#: ``"sphere"``: `SphereSGD` at a fixed ELR; ``"full"``: `torch.optim.SGD` with no projection
+MODES = ("sphere", "full")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: copies of every parameter held at once: the parameter, its gradient, the copy kept for
 #: ``cosine_to_init``, the copy `random_level` restores, the optimiser's foreach temporaries
@@ -62,9 +66,10 @@ def _human(nbytes) -> str:
 
 
 def _records_bytes(spec, steps_per_epoch: int, n_groups: int) -> int:
-    """The metric arrays of a run (`toymodel.bridge.training`): 8 + 3 per group per epoch, 3 per kept step."""
+    """The metric arrays of a run (`toymodel.bridge.training`), at most: 15 + 3 per group per
+    epoch (8 always, 7 optional), 5 per kept step (3 always, 2 in ``mode="full"``)."""
     n_steps = spec.epochs * steps_per_epoch
-    return 8 * ((8 + 3 * n_groups) * spec.epochs + 3 * (-(-n_steps // spec.record_every)))
+    return 8 * ((15 + 3 * n_groups) * spec.epochs + 5 * (-(-n_steps // spec.record_every)))
 
 
 def check_fits(model, data, *, width, dtype="float32", device="cpu", input_size=None,
@@ -127,11 +132,57 @@ def check_lr(elrs, params) -> None:
                              f"({big:.3g}); elr must be in (0, {big / rho2:.3g}] for this network")
 
 
-def _check_groups(model, groups) -> list:
+def _check_groups(model, groups, affine_ok=False):
+    """The SI groups (default `si_groups`); every trainable tensor must be in one, except, with
+    ``affine_ok``, the affine parameters of normalisations: then ``(groups, those tensors)``."""
     groups = si_groups(model) if groups is None else list(groups)
-    in_groups = {id(p) for g in groups for p in (g.params if hasattr(g, "params") else g["params"])}
-    stray = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in in_groups]
+    _, others = split_params(model, groups)
+    names = {id(p): n for n, p in model.named_parameters()}
+    stray = affine_only(model, others) if affine_ok else [names[id(p)] for p in others]
     if stray:
         raise ValueError(f"trainable parameters outside the SI groups: {stray}; freeze them "
                          "(requires_grad_(False)) or pass groups")
-    return groups
+    return (groups, others) if affine_ok else groups
+
+
+def _in_range(name, value, upper, kind):
+    """``value`` as a float in ``[0, upper)`` (NaN fails the comparison), else `ValueError`."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        x = float("nan")
+    if isinstance(value, bool) or not 0 <= x < upper:
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return x
+
+
+def check_mode(mode, elr, lr, weight_decay, momentum, constraint, constraints) -> dict:
+    r"""The optimiser fields of a `RunSpec`, checked together: ``mode="sphere"`` takes ``elr``
+    (the fixed total ELR; $\eta=\tilde\eta\rho^2$ follows) and no ``lr`` or weight decay (it
+    changes the ELR, docs/bridge.md); ``mode="full"`` takes ``lr`` $\eta$, ``weight_decay``
+    $\lambda\ge0$, no ``elr`` (it follows $\eta/\|\theta\|^2$) and no constraint (stored as
+    ``"none"``). ``momentum`` $\beta\in[0,1)$ in both (`SphereSGD`'s or `torch.optim.SGD`'s)."""
+    out = {"mode": choice("mode", mode, MODES),
+           "weight_decay": _in_range("weight_decay", weight_decay, math.inf, "a finite number >= 0"),
+           "momentum": _in_range("momentum", momentum, 1, "a number in [0, 1)")}
+    if out["mode"] == "sphere":
+        if elr is None:
+            raise ValueError("elr is required in mode='sphere' (the fixed total ELR), got None; "
+                             "or pass mode='full' with lr")
+        if lr is not None:
+            raise ValueError(f"lr={lr!r} is set by elr in mode='sphere' (lr = elr*rho^2); pass "
+                             "elr, or mode='full'")
+        if out["weight_decay"]:
+            raise ValueError(f"weight_decay={weight_decay!r} changes the fixed ELR; it needs "
+                             "mode='full'")
+        return dict(out, elr=positive_finite("elr", elr), lr=None,
+                    constraint=choice("constraint", constraint, constraints))
+    if elr is not None:
+        raise ValueError(f"elr={elr!r} is not fixed in mode='full' (it follows lr/|theta|^2); "
+                         "pass lr")
+    if lr is None:
+        raise ValueError("lr is required in mode='full', got None")
+    if constraint not in ("total", "none"):
+        raise ValueError(f"constraint={constraint!r} applies to mode='sphere'; mode='full' "
+                         "projects nothing")
+    return dict(out, elr=None, lr=positive_finite("lr", lr), constraint="none")

@@ -1,9 +1,10 @@
 r"""What one network run measures, online: per step, per epoch, at the end (`toymodel.bridge.training`).
 
 Owns the mini-batch order (`_batches`), the random level (`random_level`), evaluation
-(`evaluate`), one epoch of training with its per-step metrics, their reduction to epoch means
-and end-of-epoch geometry (norms, shares, individual ELRs, T7), and the tail summary with its
-regime (`toymodel.regimes.classify_summary`). The metric arrays are NumPy; torch runs the steps.
+(`evaluate`, and `evaluate_bn` after `bn_update`), the curvature probe (`sharpness`), one epoch
+of training with its per-step metrics, their reduction to epoch means and end-of-epoch geometry
+(norms, shares, individual ELRs, T7), and the tail summary with its regime
+(`toymodel.regimes.classify_summary`). The metric arrays are NumPy; torch runs the steps.
 """
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ import torch
 from torch.nn import functional as F
 
 from ..regimes import classify_summary
+from .sharpness import hessian_top_eigenvalues, hessian_trace
+
+#: Hutch++ products of one `sharpness` trace estimate
+SHARPNESS_PROBES = 30
+#: training samples of the fixed subset on which `sharpness` measures the curvature
+SHARPNESS_SAMPLES = 512
+#: relative Lanczos residual of the top eigenvalue: it bounds the eigenvalue's relative error by
+#: 1e-3 (and the error is ~ residual^2/gap, far smaller), below the epoch-to-epoch spread
+SHARPNESS_TOL = 1e-3
 
 
 def _batches(n, batch_size, gen):
@@ -80,6 +90,78 @@ def evaluate(model, x, y, batch_size=1024):
     return float(loss) / x.shape[0], correct / x.shape[0]
 
 
+def _bn_modules(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def bn_update(model, x, batch_size=128) -> None:
+    r"""Recompute every BatchNorm's running statistics on ``x`` (one pass, train mode), the
+    official ``bn_update``: the statistics are reset, and batch $k$ of $b_k$ samples enters with
+    momentum $b_k/(n_k+b_k)$ ($n_k$ samples before it), so the result is the sample-weighted mean
+    of the batch means and (unbiased) batch variances, independent of the training history."""
+    mods = _bn_modules(model)
+    momenta = [m.momentum for m in mods]
+    was = model.training
+    model.train()
+    for m in mods:
+        m.reset_running_stats()
+    n = 0
+    try:
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i:i + batch_size]
+            if xb.shape[0] < 2:  # train-mode BN cannot normalise one sample
+                continue
+            for m in mods:
+                m.momentum = xb.shape[0] / (n + xb.shape[0])
+            model(xb)
+            n += xb.shape[0]
+    finally:
+        for m, mom in zip(mods, momenta):
+            m.momentum = mom
+        model.train(was)
+
+
+def evaluate_bn(model, data, batch_size=128):
+    """(loss, accuracy) on the test set in eval mode with BN statistics recomputed on the training
+    set (`bn_update`); the model's buffers are restored afterwards, so training is unaffected."""
+    saved = {k: v.clone() for k, v in model.named_buffers()}
+    try:
+        bn_update(model, data.x_train, batch_size)
+        return evaluate(model, data.x_test, data.y_test)
+    finally:
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(saved[k])
+
+
+def sharpness_subset(n, seed, size=SHARPNESS_SAMPLES) -> torch.Tensor:
+    """The fixed training subset of `sharpness`: ``size`` indices drawn from ``seed``, sorted."""
+    gen = torch.Generator().manual_seed(20_000 + seed)
+    return torch.randperm(n, generator=gen)[:min(n, size)].sort().values
+
+
+def sharpness(model, params, x, y, seed=0):
+    r"""``(trace, top)``: $\operatorname{tr}H$ (Hutch++, `SHARPNESS_PROBES` products) and the
+    largest eigenvalue of $H=
+abla^2_	heta L$ (Lanczos), $L$ the mean cross-entropy of the
+    batch ``(x, y)`` in train mode (batch statistics, where the loss is SI), $	heta$ = ``params``.
+    Probes come from ``seed``; the model's buffers (BN statistics) are restored afterwards."""
+    saved = {k: v.clone() for k, v in model.named_buffers()}
+    was = model.training
+    model.train()
+    loss_fn = lambda: F.cross_entropy(model(x), y)  # noqa: E731
+    try:
+        trace = hessian_trace(loss_fn, params, n_probes=SHARPNESS_PROBES, seed=seed)
+        top = hessian_top_eigenvalues(loss_fn, params, k=1, seed=seed, tol=SHARPNESS_TOL)[0]
+    finally:
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(saved[k])
+        model.train(was)
+    return float(trace), float(top)
+
+
 # -- one run, in small steps ---------------------------------------------------------------------
 _EPOCH_VARS = ("loss", "accuracy", "grad_norm", "angle", "si_norm", "cosine_to_init", "test_loss",
                "test_accuracy")
@@ -87,16 +169,17 @@ _GROUP_VARS = ("individual_elr", "shares", "group_grad_norm")
 _STEP_VARS = ("step_loss", "step_grad_norm", "step_angle")
 
 
-def _allocate(epochs, n_groups, n_records):
-    """NaN-filled metric arrays: per epoch, per epoch and group, per kept step."""
-    ep = {k: np.full(epochs, np.nan) for k in _EPOCH_VARS}
+def _allocate(epochs, n_groups, n_records, epoch_extra=(), step_extra=()):
+    """NaN-filled metric arrays: per epoch, per epoch and group, per kept step; ``*_extra``:
+    the optional variables of a run (`toymodel.bridge.training.extra_vars`)."""
+    ep = {k: np.full(epochs, np.nan) for k in _EPOCH_VARS + tuple(epoch_extra)}
     ep.update({k: np.full((epochs, n_groups), np.nan) for k in _GROUP_VARS})
-    return ep, {k: np.full(n_records, np.nan) for k in _STEP_VARS}
+    return ep, {k: np.full(n_records, np.nan) for k in _STEP_VARS + tuple(step_extra)}
 
 
 def _train_epoch(model, opt, x, y, batches):
     """One pass over ``batches``; the per-step metrics as host arrays (one synchronisation)."""
-    losses, corrects, gnorms, angles, ggn, sizes = [], [], [], [], [], []
+    losses, corrects, gnorms, angles, ggn, sizes, sqs = [], [], [], [], [], [], []
     for idx in batches:
         idx = idx.to(x.device)
         xb, yb = x[idx], y[idx]
@@ -111,21 +194,28 @@ def _train_epoch(model, opt, x, y, batches):
         gnorms.append((m["sq_norm"].sum() * m["grad_sq"].sum()).sqrt())
         angles.append(m["angle"])
         ggn.append((m["sq_norm"] * m["grad_sq"]).sqrt())
+        sqs.append(m["sq_norm"].sum())
         sizes.append(idx.numel())
     def host(tensors):
         return torch.stack(tensors).double().cpu().numpy()
 
     return {"L": host(losses), "G": host(gnorms), "A": host(angles), "ggn": host(ggn).mean(0),
-            "correct": float(torch.stack(corrects).sum()), "w": np.asarray(sizes, dtype=np.float64)}
+            "S": host(sqs), "correct": float(torch.stack(corrects).sum()),
+            "w": np.asarray(sizes, dtype=np.float64)}
 
 
-def _keep_steps(st, first_step, m, record_every):
-    """Write the epoch's steps whose global index is a multiple of ``record_every``."""
+def _keep_steps(st, first_step, m, record_every, lr=None):
+    r"""Write the epoch's steps whose global index is a multiple of ``record_every``; the SI norm
+    and $\eta/\|\theta\|^2$ before each step where ``st`` has room for them."""
     steps = first_step + np.arange(m["L"].size)
     keep = steps % record_every == 0
     k = steps[keep] // record_every
     st["step_loss"][k], st["step_grad_norm"][k], st["step_angle"][k] = \
         m["L"][keep], m["G"][keep], m["A"][keep]
+    if "step_si_norm" in st:
+        st["step_si_norm"][k] = np.sqrt(m["S"][keep])
+    if "step_effective_elr" in st:
+        st["step_effective_elr"][k] = lr / m["S"][keep]
 
 
 @torch.no_grad()
@@ -136,20 +226,26 @@ def _keep_epoch(ep, e, m, opt, si_params, theta0):
     ep["accuracy"][e] = m["correct"] / w.sum()
     ep["grad_norm"][e], ep["angle"][e] = m["G"].mean(), m["A"].mean()
     ep["group_grad_norm"][e] = m["ggn"]
+    si = [g for g in opt.param_groups if g.get("si", True)]
     sq = torch.stack([torch.stack(torch._foreach_norm(g["params"])).square().sum()
-                      for g in opt.param_groups]).double().cpu().numpy()
+                      for g in si]).double().cpu().numpy()
     theta = torch.cat([p.detach().flatten() for p in si_params])
     ep["cosine_to_init"][e] = float(theta @ theta0) / float(theta.norm() * theta0.norm())
     ep["si_norm"][e] = math.sqrt(sq.sum())
     ep["individual_elr"][e] = opt.lr / sq
     ep["shares"][e] = sq / sq.sum()
+    if "effective_elr" in ep:
+        ep["effective_elr"][e] = opt.lr / sq.sum()
 
 
 def _summarise(ep, spec, steps_per_epoch, random_loss, invalid):
     """Tail means over the last ``spec.tail`` epochs and the regime (`classify_summary`)."""
     tail = slice(spec.epochs - spec.tail, spec.epochs)
     means = {}
-    for name, var in (("tail_loss", "loss"), ("tail_grad_norm", "grad_norm"), ("tail_angle", "angle")):
+    pairs = [("tail_loss", "loss"), ("tail_grad_norm", "grad_norm"), ("tail_angle", "angle")]
+    if "effective_elr" in ep:
+        pairs.append(("tail_effective_elr", "effective_elr"))
+    for name, var in pairs:
         with np.errstate(all="ignore"):
             means[name] = float("nan") if invalid else float(np.mean(ep[var][tail]))
     labels, reasons = classify_summary(means["tail_loss"], random_loss, invalid_reason=invalid,

@@ -1,6 +1,7 @@
-r"""Fixed-ELR training of an SI network with metrics computed online, saved as an xarray Dataset.
+r"""Training of an SI network (fixed ELR, or conventional) with metrics computed online, saved as
+an xarray Dataset.
 
-Nothing is reloaded from checkpoints: every metric is measured while training (STYLE §6).
+Every metric is measured while training (STYLE §6); checkpoints only let a run be resumed.
 Per optimiser step (every ``record_every``-th step kept, dim ``step``): ``step_loss`` (mini-batch
 loss before the step), ``step_grad_norm`` (effective gradient norm $\|\theta\|\|\nabla L_b\|$
 of the SI parameters, T2; $=\rho\|\nabla L_b\|$ under the total constraint) and
@@ -18,6 +19,18 @@ random SI directions, `random_level`), ``init_loss``, ``tail_loss``,
 weighs the tail's total rotation ``tail_angle`` x tail steps: a run that never moved is
 ``"unresolved"``, not divergent).
 
+Two modes (`RunSpec.mode`): ``"sphere"`` (default), `SphereSGD` at the fixed total ELR ``elr``;
+``"full"``, conventional `torch.optim.SGD` (``lr`` $\eta$, ``weight_decay`` $\lambda$,
+``momentum``) on every trainable parameter with no projection (`toymodel.bridge._full`), which
+adds ``effective_elr`` $\eta/\|\theta\|^2$ (end of epoch; ``tail_effective_elr``, its tail
+mean), ``step_effective_elr`` and ``step_si_norm`` (before each step), has no ``elr``
+coordinate and stores ``lr``, ``weight_decay``, ``momentum`` as variables. Optional in both:
+``bn_update=True`` adds ``test_loss_bn`` / ``test_accuracy_bn`` (eval mode after the BN
+statistics are recomputed on the training set, the official ``bn_update``); ``sharpness_every=k``
+adds ``hessian_trace``, ``top_eigenvalue`` of the SI parameters and their $\times\|\theta\|^2$
+``effective_hessian_trace``, ``effective_top_eigenvalue`` (the Hessian at the unit sphere, T1)
+every k epochs and at the last, on a fixed subset of training samples (`_measure.sharpness`).
+
 A run is described by one frozen `RunSpec` (validated once, passed whole, STYLE §16); `train`
 and `train_scan` build it from their keywords. Everything that can be refused is refused before
 the first step: bad values, a learning rate $\eta=\tilde\eta\rho^2$ the parameters' dtype
@@ -25,28 +38,30 @@ cannot hold, a network or data set larger than the device's memory.
 
 Modules: this one (`RunSpec`, `run`, `train`, `train_scan`: a run from its parts or from names),
 `toymodel.bridge._measure` (the metrics of one run), `toymodel.bridge._checks` (the refusals
-made before any work), `toymodel.bridge._parts` (finished runs kept on disk).
+made before any work), `toymodel.bridge._full` (the conventional optimiser),
+`toymodel.bridge.checkpoints` (save, resume, ``init_from``), `toymodel.bridge._parts` (finished
+runs kept on disk).
 """
 from __future__ import annotations
 
 import dataclasses
-import time
+import os
 
 import numpy as np
-import torch
 
 from .._grids import elr_grid
 from .._progress import progress
-from .._validate import bounded_int, choice, positive_finite, positive_int, tail_within
+from .._validate import bounded_int, choice, positive_int, tail_within
+from . import checkpoints as _ckpt
 from . import data as _data
 from . import models as _models
-from ._checks import DTYPES, _check_groups, _si_params, check_fits, check_lr, resolve_device
-from ._measure import (_allocate, _batches, _keep_epoch, _keep_steps, _summarise, _train_epoch,
-                       evaluate, random_level)
+from ._checks import DTYPES, _si_params, check_fits, check_lr, check_mode, resolve_device
+from ._measure import evaluate  # noqa: F401  (re-exported by toymodel.bridge)
 from ._parts import RunParts
+from ._runner import fresh_state, loop, optimiser
 from .groups import si_groups
 from .models import HEAD_NORM, build_model
-from .optim import CONSTRAINTS, SphereSGD
+from .optim import CONSTRAINTS
 
 #: torch seeds its generators with an unsigned 64-bit integer; `random_level` adds 10 000
 MAX_SEED = 2**63 - 1
@@ -54,14 +69,18 @@ MAX_SEED = 2**63 - 1
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-    """What one fixed-ELR run does, validated once at construction; `run` receives it whole.
+    """What one run does, validated once at construction; `run` receives it whole.
 
-    ``seed`` drives the mini-batch order (`train` also draws the network from it); ``tail``
-    is the number of final epochs the summaries average (``None``: the last 10%, at least one;
-    resolved here, so a spec always holds the number used).
+    ``mode="sphere"`` (`SphereSGD`) takes ``elr``, ``constraint`` and ``momentum``;
+    ``mode="full"`` (`torch.optim.SGD`, no projection) takes ``lr``, ``weight_decay`` and
+    ``momentum``, and stores ``elr=None`` and ``constraint="none"`` (`check_mode`). ``seed``
+    drives the mini-batch order (`train` also draws the network from it); ``tail`` is the number
+    of final epochs the summaries average (``None``: the last 10%, at least one; resolved here,
+    so a spec always holds the number used). ``sharpness_every`` (0: never) and ``bn_update``
+    add the optional metrics of the module docstring.
     """
 
-    elr: float
+    elr: float | None
     epochs: int
     batch_size: int = 128
     constraint: str = "total"
@@ -69,97 +88,64 @@ class RunSpec:
     record_every: int = 1
     eval_every: int = 1
     tail: int | None = None
+    mode: str = "sphere"
+    lr: float | None = None
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    sharpness_every: int = 0
+    bn_update: bool = False
 
     def __post_init__(self):
         def put(name, value):  # the dataclass is frozen: store the checked values once, here
             object.__setattr__(self, name, value)
 
-        put("elr", positive_finite("elr", self.elr))
+        for name, value in check_mode(self.mode, self.elr, self.lr, self.weight_decay,
+                                      self.momentum, self.constraint, CONSTRAINTS).items():
+            put(name, value)
         put("epochs", positive_int("epochs", self.epochs, 1))
         put("batch_size", positive_int("batch_size", self.batch_size, 2))
-        put("constraint", choice("constraint", self.constraint, CONSTRAINTS))
         put("seed", bounded_int("seed", self.seed, 0, MAX_SEED))
         put("record_every", positive_int("record_every", self.record_every, 1))
         put("eval_every", positive_int("eval_every", self.eval_every, 1))
         put("tail", max(1, self.epochs // 10) if self.tail is None
             else tail_within(self.tail, self.epochs, steps_name=None))
+        put("sharpness_every", positive_int("sharpness_every", self.sharpness_every, 0))
+        if not isinstance(self.bn_update, bool):
+            raise ValueError(f"bn_update must be True or False, got {self.bn_update!r}")
 
     def replace(self, **changes) -> RunSpec:
         """A copy with ``changes`` (validated again)."""
         return dataclasses.replace(self, **changes)
 
-
-def _attrs(spec, opt, data, steps_per_epoch, attrs):
-    meta = {"constraint": spec.constraint, "batch_size": spec.batch_size, "epochs": spec.epochs,
-            "seed": spec.seed, "record_every": spec.record_every, "eval_every": spec.eval_every,
-            "tail": spec.tail, "rho": opt.rho, "steps_per_epoch": steps_per_epoch,
-            "data": data.name, "n_train": int(data.x_train.shape[0]),
-            "n_test": int(data.x_test.shape[0]),
-            "group_params": "; ".join(f"{g.get('name', i)}: {','.join(g.get('names', []))}"
-                                      for i, g in enumerate(opt.param_groups)),
-            "torch_version": torch.__version__}
-    if spec.constraint == "per-filter":
-        meta["n_filters"] = opt.n_filters
-        meta["filter_individual_elr"] = spec.elr * opt.n_filters
-    meta.update(attrs or {})
-    return {k: v for k, v in meta.items() if v is not None}
+    def label(self) -> str:
+        """``elr=...`` or ``lr=... wd=...``: the run in a progress bar or a message."""
+        if self.mode == "sphere":
+            return f"elr={self.elr}"
+        return f"lr={self.lr}, weight_decay={self.weight_decay}"
 
 
+#: the fields added with ``mode="full"``, at their defaults: left out of `scan_params`, so the
+#: finished runs of earlier scans still match
+_NEW_DEFAULTS = {"mode": "sphere", "lr": None, "weight_decay": 0.0, "momentum": 0.0,
+                 "sharpness_every": 0, "bn_update": False}
 def run(model, data, spec: RunSpec | None = None, *, groups=None, progress_bar=True, desc="train",
         attrs=None, **fields):
-    """Train ``model`` on ``data`` (`ImageData`, on the model's device) with `SphereSGD` as
-    ``spec`` says (a `RunSpec`, or its fields as keywords: ``elr=``, ``epochs=``, ...); returns
-    the metrics Dataset (module docstring).
+    """Train ``model`` on ``data`` (`ImageData`, on the model's device) as ``spec`` says (a
+    `RunSpec`, or its fields as keywords: ``elr=``, ``epochs=``, ...; `SphereSGD`, or
+    `torch.optim.SGD` with ``mode="full"``); returns the metrics Dataset (module docstring).
 
     ``groups``: SI groups (default ``si_groups(model)``); every trainable parameter must be in one
-    (a non-SI trainable parameter raises: freeze it, or build the optimiser yourself).
-    ``attrs`` are added to the Dataset's attributes.
+    but the affine parameters of normalisations (a non-SI trainable parameter raises: freeze it,
+    or build the optimiser yourself). ``attrs`` are added to the Dataset's attributes.
     """
-    import xarray as xr
-
     if spec is None:
         spec = RunSpec(**fields)
     elif fields:
         raise TypeError(f"pass either a RunSpec or its fields, not both (got {sorted(fields)})")
-    groups = _check_groups(model, groups)
-    check_lr(spec.elr, _si_params(groups))
-    opt = SphereSGD(groups, spec.elr, constraint=spec.constraint, track=True)
-    si_params = [p for g in opt.param_groups for p in g["params"]]
-    names = [g.get("name", str(i)) for i, g in enumerate(opt.param_groups)]
-    x, y = data.x_train, data.y_train
-    steps_per_epoch = len(_batches(x.shape[0], spec.batch_size, torch.Generator().manual_seed(0)))
-    rec_steps = np.arange(0, spec.epochs * steps_per_epoch, spec.record_every)
-    ep, st = _allocate(spec.epochs, len(names), rec_steps.size)
-    theta0 = torch.cat([p.detach().flatten() for p in si_params]).clone()
-    model.train()
-    random_loss, init_loss = random_level(model, si_params, x, y, spec.batch_size, seed=spec.seed)
-    gen = torch.Generator().manual_seed(spec.seed)
-    invalid = ""
-    t0 = time.perf_counter()
-    with progress(total=spec.epochs, desc=desc, disable=not progress_bar) as bar:
-        for e in range(spec.epochs):
-            m = _train_epoch(model, opt, x, y, _batches(x.shape[0], spec.batch_size, gen))
-            _keep_steps(st, e * steps_per_epoch, m, spec.record_every)
-            if not (np.all(np.isfinite(m["L"])) and np.all(np.isfinite(m["G"]))):
-                invalid = f"non-finite loss or gradient in epoch {e + 1} (elr={spec.elr})"
-                break
-            _keep_epoch(ep, e, m, opt, si_params, theta0)
-            if (e + 1) % spec.eval_every == 0 or e + 1 == spec.epochs:
-                ep["test_loss"][e], ep["test_accuracy"][e] = evaluate(model, data.x_test, data.y_test)
-            bar.update(1)
-    seconds = time.perf_counter() - t0
-    summary = _summarise(ep, spec, steps_per_epoch, random_loss, invalid)
-    dims = {k: (("epoch", "group") if v.ndim == 2 else ("epoch",), v) for k, v in ep.items()}
-    ds = xr.Dataset(
-        {**dims, **{k: (("step",), v) for k, v in st.items()},
-         "random_loss": random_loss, "init_loss": init_loss, "tail_loss": summary["tail_loss"],
-         "tail_grad_norm": summary["tail_grad_norm"], "tail_angle": summary["tail_angle"],
-         "regime": summary["regime"], "regime_reason": summary["regime_reason"],
-         "lr": opt.lr, "train_seconds": seconds},
-        coords={"epoch": np.arange(1, spec.epochs + 1), "step": rec_steps, "group": names,
-                "elr": spec.elr})
-    ds.attrs.update(_attrs(spec, opt, data, steps_per_epoch, attrs))
-    return ds
+    opt, si_params, names = optimiser(model, spec, groups)
+    state = fresh_state(model, data, spec, si_params, len(names))
+    return loop(model, data, spec, opt, state, names, progress_bar=progress_bar, desc=desc,
+                 attrs=attrs)
 
 
 # -- from names ----------------------------------------------------------------------------------
@@ -199,18 +185,62 @@ def _network(setup, seed, images, dev):
                        device=dev)
 
 
-def train(*, elr, epochs, model="convnet-si", data="digits", width=8, batch_size=128, seed=0,
+def train(*, elr=None, epochs, model="convnet-si", data="digits", width=8, batch_size=128, seed=0,
           constraint="total", device="cpu", dtype="float32", record_every=1, eval_every=1,
-          tail=None, data_root=None, input_size=None, progress_bar=True):
-    """One fixed-ELR run from names (``toymodel train``); returns the metrics Dataset."""
+          tail=None, data_root=None, input_size=None, progress_bar=True, mode="sphere", lr=None,
+          weight_decay=0.0, momentum=0.0, sharpness_every=0, bn_update=False,
+          checkpoint_dir=None, checkpoint_every=None, resume=False, init_from=None):
+    r"""One run from names (``toymodel train``); returns the metrics Dataset.
+
+    Parameters
+    ----------
+    elr, epochs, batch_size, constraint, seed, record_every, eval_every, tail, mode, lr,
+    weight_decay, momentum, sharpness_every, bn_update
+        The fields of `RunSpec`: ``mode="sphere"`` trains at the fixed total ELR ``elr``;
+        ``mode="full"`` is conventional SGD with ``lr`` $\eta$, ``weight_decay`` $\lambda$ and
+        ``momentum`` $\beta$ (effective ELR $\eta/\|\theta\|^2$ recorded).
+    model, data, width, device, dtype, data_root, input_size
+        The network (``"convnet-si"``, ``"resnet18-si"``, ``"convnet-si-af"``,
+        ``"resnet18-si-af"``) and data set by name, as in `prepare`.
+    checkpoint_dir
+        Folder of checkpoints (`toymodel.bridge.checkpoints`): one after the last epoch and one
+        every ``checkpoint_every`` epochs. A folder that already holds checkpoints is refused
+        unless ``resume``.
+    resume
+        Continue from the last checkpoint in ``checkpoint_dir`` (all `RunSpec` fields but
+        ``epochs`` and ``tail``, and the network, must match; none there: start afresh). The
+        states of torch's, NumPy's and Python's global generators are restored too. The result
+        equals the uninterrupted run bit for bit (same machine and threads).
+    init_from
+        A checkpoint file (or a bare or official ``state_dict`` file) whose weights and BN
+        statistics start this run: a new run (new ELR, new mode), $\rho$ measured from them.
+    progress_bar
+        Show the epochs on stderr.
+    """
     spec = RunSpec(elr=elr, epochs=epochs, batch_size=batch_size, constraint=constraint, seed=seed,
-                   record_every=record_every, eval_every=eval_every, tail=tail)
+                   record_every=record_every, eval_every=eval_every, tail=tail, mode=mode, lr=lr,
+                   weight_decay=weight_decay, momentum=momentum, sharpness_every=sharpness_every,
+                   bn_update=bn_update)
     setup = _setup(model, data, width=width, device=device, dtype=dtype, data_root=data_root,
                    input_size=input_size)
+    saver, blob = _ckpt.open_run(checkpoint_dir, checkpoint_every, resume)
     check_fits(model, data, width=setup["width"], dtype=dtype, device=device,
                input_size=setup["input_size"], spec=spec)
+    names = {k: v for k, v in setup.items() if k != "data_root"}
+    names["init_from"] = None if init_from is None else os.path.abspath(os.fspath(init_from))
+    if blob is not None:
+        _ckpt.check_compatible(blob, spec, names, saver.latest())
     net, images, attrs = prepare(seed=spec.seed, **setup)
-    return run(net, images, spec, progress_bar=progress_bar, desc=f"elr={spec.elr:.3g}", attrs=attrs)
+    if init_from is not None:
+        _ckpt.load_weights(net, init_from)
+        attrs["init_from"] = names["init_from"]
+    opt, si_params, groups = optimiser(net, spec, None)
+    state = fresh_state(net, images, spec, si_params, len(groups), level=blob is None)
+    if blob is not None:
+        state = _ckpt.restore(blob, net, opt, state)
+        attrs["resumed_from_epoch"] = int(blob["epoch"])
+    return loop(net, images, spec, opt, state, groups, progress_bar=progress_bar,
+                 desc=spec.label(), attrs=attrs, saver=saver, setup=names)
 
 
 def parse_elrs(text) -> np.ndarray:
@@ -221,13 +251,15 @@ def parse_elrs(text) -> np.ndarray:
     return elr_grid(text)
 
 
-_SPEC_KEYS = ("epochs", "batch_size", "constraint", "seed", "record_every", "eval_every", "tail")
+_SPEC_KEYS = ("epochs", "batch_size", "constraint", "seed", "record_every", "eval_every", "tail",
+              "mode", "lr", "weight_decay", "momentum", "sharpness_every", "bn_update")
 
 
 def scan_params(spec: RunSpec, setup: dict) -> dict:
     """What makes two runs of a scan comparable: every parameter but the ELR (and the data
     folder, which only says where the same files are)."""
-    params = {k: v for k, v in dataclasses.asdict(spec).items() if k != "elr"}
+    params = {k: v for k, v in dataclasses.asdict(spec).items()
+              if k != "elr" and not (k in _NEW_DEFAULTS and v == _NEW_DEFAULTS[k])}
     params.update({k: v for k, v in setup.items() if k != "data_root"})
     return params
 
