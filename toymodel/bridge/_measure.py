@@ -177,15 +177,30 @@ def _allocate(epochs, n_groups, n_records, epoch_extra=(), step_extra=()):
     return ep, {k: np.full(n_records, np.nan) for k in _STEP_VARS + tuple(step_extra)}
 
 
-def _train_epoch(model, opt, x, y, batches):
-    """One pass over ``batches``; the per-step metrics as host arrays (one synchronisation)."""
+def _train_epoch(model, opt, x, y, batches, augment=None, aug_gen=None, corrupted=None):
+    """One pass over ``batches``; the per-step metrics as host arrays (one synchronisation).
+
+    ``augment(xb, aug_gen)`` transforms each mini-batch (`toymodel.bridge.data.Augment`);
+    ``corrupted`` (a boolean mask over the training set) adds ``Lc`` / ``Lk``, the epoch's mean
+    per-sample loss over the corrupted and the clean samples (NaN where there are none)."""
     losses, corrects, gnorms, angles, ggn, sizes, sqs = [], [], [], [], [], [], []
+    if corrupted is not None:
+        sums = x.new_zeros(2, dtype=torch.float64)  # (corrupted, clean) sums of per-sample losses
+        n_bad = corrupted.new_zeros((), dtype=torch.int64)
     for idx in batches:
         idx = idx.to(x.device)
         xb, yb = x[idx], y[idx]
+        if augment is not None:
+            xb = augment(xb, aug_gen)
         opt.zero_grad(set_to_none=True)
         out = model(xb)
         loss = F.cross_entropy(out, yb)
+        if corrupted is not None:
+            with torch.no_grad():
+                each = F.cross_entropy(out.detach(), yb, reduction="none").double()
+                bad = corrupted[idx]
+                sums += torch.stack([each[bad].sum(), each[~bad].sum()])
+                n_bad += bad.sum()
         loss.backward()
         opt.step()
         m = opt.last_metrics
@@ -199,9 +214,15 @@ def _train_epoch(model, opt, x, y, batches):
     def host(tensors):
         return torch.stack(tensors).double().cpu().numpy()
 
-    return {"L": host(losses), "G": host(gnorms), "A": host(angles), "ggn": host(ggn).mean(0),
-            "S": host(sqs), "correct": float(torch.stack(corrects).sum()),
-            "w": np.asarray(sizes, dtype=np.float64)}
+    res = {"L": host(losses), "G": host(gnorms), "A": host(angles), "ggn": host(ggn).mean(0),
+           "S": host(sqs), "correct": float(torch.stack(corrects).sum()),
+           "w": np.asarray(sizes, dtype=np.float64)}
+    if corrupted is not None:
+        n_c, n_k = int(n_bad), int(sum(sizes)) - int(n_bad)
+        s_c, s_k = sums.cpu().tolist()
+        res["Lc"] = s_c / n_c if n_c else float("nan")
+        res["Lk"] = s_k / n_k if n_k else float("nan")
+    return res
 
 
 def _keep_steps(st, first_step, m, record_every, lr=None):

@@ -23,12 +23,17 @@ _SHARPNESS_VARS = ("hessian_trace", "effective_hessian_trace", "top_eigenvalue",
                    "effective_top_eigenvalue")
 
 
-def extra_vars(spec) -> tuple:
-    """``(epoch, step)`` names of the optional variables ``spec`` records."""
+#: the epoch variables of a run with corrupted labels (`toymodel.bridge.data.corrupt_labels`)
+_CORRUPT_VARS = ("train_loss_corrupted", "train_loss_clean")
+
+
+def extra_vars(spec, data=None) -> tuple:
+    """``(epoch, step)`` names of the optional variables ``spec`` (and ``data``) record."""
     full = spec.mode == "full"
     epoch = (("effective_elr",) if full else ()) + \
         (("test_loss_bn", "test_accuracy_bn") if spec.bn_update else ()) + \
-        (_SHARPNESS_VARS if spec.sharpness_every else ())
+        (_SHARPNESS_VARS if spec.sharpness_every else ()) + \
+        (_CORRUPT_VARS if data is not None and data.corrupted is not None else ())
     return epoch, (("step_effective_elr", "step_si_norm") if full else ())
 
 
@@ -47,6 +52,8 @@ def _attrs(spec, opt, data, steps_per_epoch, attrs):
         meta["filter_individual_elr"] = spec.elr * opt.n_filters
     if spec.mode == "sphere" and spec.momentum:
         meta["momentum"] = spec.momentum
+    if data.corrupted is not None:
+        meta["n_corrupted"] = int(data.corrupted.sum())
     if spec.sharpness_every:
         meta.update(sharpness_every=spec.sharpness_every, sharpness_samples=SHARPNESS_SAMPLES,
                     sharpness_probes=SHARPNESS_PROBES)
@@ -78,18 +85,21 @@ def optimiser(model, spec, groups):
 
 
 def fresh_state(model, data, spec, si_params, n_groups, level=True) -> _ckpt.RunState:
-    """The metric arrays (NaN), the initial SI vector, the random level (``level``) and the
-    data-order generator of a run that has done no epoch yet."""
+    """The metric arrays (NaN), the initial SI vector, the random level (``level``), the
+    data-order generator and the augmentation generator (``None`` without augmentation) of a run
+    that has done no epoch yet."""
     x, y = data.x_train, data.y_train
     steps_per_epoch = len(_batches(x.shape[0], spec.batch_size, torch.Generator().manual_seed(0)))
     n_records = len(range(0, spec.epochs * steps_per_epoch, spec.record_every))
-    ep, st = _allocate(spec.epochs, n_groups, n_records, *extra_vars(spec))
+    ep, st = _allocate(spec.epochs, n_groups, n_records, *extra_vars(spec, data))
     theta0 = torch.cat([p.detach().flatten() for p in si_params]).clone()
     model.train()
     random_loss, init_loss = (random_level(model, si_params, x, y, spec.batch_size, seed=spec.seed)
                               if level else (np.nan, np.nan))
+    aug_gen = None if data.augment is None else data.augment.generator(spec.seed)
     return _ckpt.RunState(ep, st, theta0, random_loss, init_loss,
-                          torch.Generator().manual_seed(spec.seed), steps_per_epoch)
+                          torch.Generator().manual_seed(spec.seed), steps_per_epoch,
+                          aug_gen=aug_gen)
 
 
 def loop(model, data, spec, opt, state, names, *, progress_bar, desc, attrs, saver=None,
@@ -105,13 +115,17 @@ def loop(model, data, spec, opt, state, names, *, progress_bar, desc, attrs, sav
     with progress(total=spec.epochs, desc=desc, disable=not progress_bar,
                   initial=state.epoch) as bar:
         for e in range(state.epoch, spec.epochs):
-            m = _train_epoch(model, opt, x, y, _batches(x.shape[0], spec.batch_size, state.gen))
+            m = _train_epoch(model, opt, x, y, _batches(x.shape[0], spec.batch_size, state.gen),
+                             augment=data.augment, aug_gen=state.aug_gen,
+                             corrupted=data.corrupted)
             _keep_steps(state.st, e * state.steps_per_epoch, m, spec.record_every, lr)
             if not (np.all(np.isfinite(m["L"])) and np.all(np.isfinite(m["G"]))):
                 state.invalid = f"non-finite loss or gradient in epoch {e + 1} ({spec.label()})"
                 break
             ep, last = state.ep, e + 1 == spec.epochs
             _keep_epoch(ep, e, m, opt, si_params, state.theta0)
+            if data.corrupted is not None:
+                ep["train_loss_corrupted"][e], ep["train_loss_clean"][e] = m["Lc"], m["Lk"]
             if (e + 1) % spec.eval_every == 0 or last:
                 ep["test_loss"][e], ep["test_accuracy"][e] = evaluate(model, data.x_test, data.y_test)
                 if spec.bn_update:

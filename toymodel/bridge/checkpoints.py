@@ -5,8 +5,8 @@ renamed, so a file with that name is always complete) holding everything the res
 depends on:
 
 * ``model`` and ``optimizer``: the state dicts (BN statistics and momentum buffers included);
-* ``rng``: the data-order generator of the run, torch's global generator (and CUDA's), NumPy's
-  and Python's global ones;
+* ``rng``: the data-order generator of the run (and its augmentation generator, when it has one),
+  torch's global generator (and CUDA's), NumPy's and Python's global ones;
 * ``metrics``: the metric arrays of the epochs done, the random level, the initial SI vector
   (``cosine_to_init``), the reason of an invalid run and the training time so far;
 * ``spec`` and ``setup``: the `RunSpec` fields and the network/data names, checked on resume.
@@ -58,6 +58,8 @@ class RunState:
     epoch: int = 0
     invalid: str = ""
     seconds: float = 0.0
+    #: the augmentation generator (`toymodel.bridge.data.Augment.generator`), or ``None``
+    aug_gen: torch.Generator | None = None
 
 
 class Checkpoints:
@@ -91,7 +93,7 @@ class Checkpoints:
         blob = {"format": FORMAT, "epoch": state.epoch, "spec": dataclasses.asdict(spec),
                 "setup": dict(setup or {}), "model": model.state_dict(),
                 "optimizer": opt.state_dict(), "optimizer_class": type(opt).__name__,
-                "rng": capture_rng(state.gen), "metrics": _metrics(state, n_steps)}
+                "rng": capture_rng(state.gen, state.aug_gen), "metrics": _metrics(state, n_steps)}
         path = self.path(state.epoch)
         tmp = os.path.join(self.folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
         try:
@@ -133,21 +135,29 @@ def open_run(folder, every, resume):
     return saver, (load(last) if last is not None else None)
 
 
-def capture_rng(gen: torch.Generator) -> dict:
-    """The states of the run's data-order generator and of the global generators."""
+def capture_rng(gen: torch.Generator, aug_gen: torch.Generator | None = None) -> dict:
+    """The states of the run's data-order generator (and augmentation generator, if any) and of
+    the global generators."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     out = {"data_order": gen.get_state(), "torch": torch.get_rng_state(),
            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
                      float(cached)],
            "python": dict(zip(("version", "state", "gauss"), random.getstate()))}
+    if aug_gen is not None:
+        out["augment"] = aug_gen.get_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["cuda"] = torch.cuda.get_rng_state_all()
     return out
 
 
-def restore_rng(rng: dict, gen: torch.Generator) -> None:
+def restore_rng(rng: dict, gen: torch.Generator, aug_gen: torch.Generator | None = None) -> None:
     """Put back what `capture_rng` saved (the global generators too: documented in `train`)."""
     gen.set_state(rng["data_order"])
+    if aug_gen is not None:
+        if "augment" not in rng:
+            raise ValueError("the checkpoint holds no augmentation generator, but this run "
+                             "augments its training set; resume with the same parameters")
+        aug_gen.set_state(rng["augment"])
     torch.set_rng_state(rng["torch"])
     kind, keys, pos, has_gauss, cached = rng["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
@@ -205,7 +215,7 @@ def restore(blob: dict, model, opt, state: RunState) -> RunState:
         for k, v in saved.items():
             if k in arrays:
                 arrays[k][:len(v)] = v.numpy()
-    restore_rng(blob["rng"], state.gen)
+    restore_rng(blob["rng"], state.gen, state.aug_gen)
     return dataclasses.replace(state, theta0=m["theta0"].to(state.theta0), epoch=blob["epoch"],
                                random_loss=m["random_loss"], init_loss=m["init_loss"],
                                invalid=m["invalid"], seconds=m["seconds"])

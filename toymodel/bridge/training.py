@@ -30,6 +30,10 @@ statistics are recomputed on the training set, the official ``bn_update``); ``sh
 adds ``hessian_trace``, ``top_eigenvalue`` of the SI parameters and their $\times\|\theta\|^2$
 ``effective_hessian_trace``, ``effective_top_eigenvalue`` (the Hessian at the unit sphere, T1)
 every k epochs and at the last, on a fixed subset of training samples (`_measure.sharpness`).
+The training-set options of `toymodel.bridge.data.DataOptions` (``augment``: a seeded crop + flip
+of each mini-batch; ``corrupt``: a fraction of wrong labels) are applied by the loop; corrupted
+labels add ``train_loss_corrupted`` / ``train_loss_clean``, the epoch's mean per-sample loss over
+the corrupted and the clean samples (their sample-weighted mean is ``loss``).
 
 A run is described by one frozen `RunSpec` (validated once, passed whole, STYLE §16); `train`
 and `train_scan` build it from their keywords. Everything that can be refused is refused before
@@ -65,6 +69,9 @@ from .optim import CONSTRAINTS
 
 #: torch seeds its generators with an unsigned 64-bit integer; `random_level` adds 10 000
 MAX_SEED = 2**63 - 1
+#: the loop applies the training-set options of `toymodel.bridge.data.DataOptions` (``augment``,
+#: ``corrupt``): `train`, `toymodel.bridge.netscan` and the CLI accept them
+DATA_OPTIONS = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +196,8 @@ def train(*, elr=None, epochs, model="convnet-si", data="digits", width=8, batch
           constraint="total", device="cpu", dtype="float32", record_every=1, eval_every=1,
           tail=None, data_root=None, input_size=None, progress_bar=True, mode="sphere", lr=None,
           weight_decay=0.0, momentum=0.0, sharpness_every=0, bn_update=False,
-          checkpoint_dir=None, checkpoint_every=None, resume=False, init_from=None):
+          checkpoint_dir=None, checkpoint_every=None, resume=False, init_from=None,
+          augment=False, corrupt=0.0, corrupt_seed=_data.CORRUPT_SEED):
     r"""One run from names (``toymodel train``); returns the metrics Dataset.
 
     Parameters
@@ -214,6 +222,12 @@ def train(*, elr=None, epochs, model="convnet-si", data="digits", width=8, batch
     init_from
         A checkpoint file (or a bare or official ``state_dict`` file) whose weights and BN
         statistics start this run: a new run (new ELR, new mode), $\rho$ measured from them.
+    augment, corrupt, corrupt_seed
+        The training-set options (`toymodel.bridge.data.DataOptions`): a seeded random crop
+        (4-pixel padding) + horizontal flip of each mini-batch; a fraction ``corrupt`` of the
+        training labels replaced by wrong ones (chosen from ``corrupt_seed``), which adds
+        ``train_loss_corrupted`` / ``train_loss_clean`` (epoch means over each part). Recorded
+        in the attributes (and checked on resume) when on; off, the run is unchanged.
     progress_bar
         Show the epochs on stderr.
     """
@@ -223,14 +237,18 @@ def train(*, elr=None, epochs, model="convnet-si", data="digits", width=8, batch
                    bn_update=bn_update)
     setup = _setup(model, data, width=width, device=device, dtype=dtype, data_root=data_root,
                    input_size=input_size)
+    options = _data.DataOptions(augment=augment, corrupt=corrupt, corrupt_seed=corrupt_seed)
     saver, blob = _ckpt.open_run(checkpoint_dir, checkpoint_every, resume)
     check_fits(model, data, width=setup["width"], dtype=dtype, device=device,
                input_size=setup["input_size"], spec=spec)
     names = {k: v for k, v in setup.items() if k != "data_root"}
     names["init_from"] = None if init_from is None else os.path.abspath(os.fspath(init_from))
+    names.update(options.record())  # empty when off: older checkpoints still match
     if blob is not None:
         _ckpt.check_compatible(blob, spec, names, saver.latest())
     net, images, attrs = prepare(seed=spec.seed, **setup)
+    images = _data.with_options(images, options)
+    attrs.update(options.record())
     if init_from is not None:
         _ckpt.load_weights(net, init_from)
         attrs["init_from"] = names["init_from"]
@@ -267,8 +285,9 @@ def scan_params(spec: RunSpec, setup: dict) -> dict:
 def train_scan(elrs, *, progress_bar=True, parts=None, callback=None, **kw):
     """One run per ELR from the same initial network (same ``seed``), concatenated along ``elr``.
 
-    ``kw``: the keywords of `train` but ``elr``. Every ELR is checked (`check_lr`) before the
-    first run. ``parts``: a folder keeping each finished run (`toymodel.bridge._parts`):
+    ``kw``: the keywords of `train` but ``elr`` and the checkpoint ones (the data options
+    ``augment``, ``corrupt``, ``corrupt_seed`` included). Every ELR is checked (`check_lr`)
+    before the first run. ``parts``: a folder keeping each finished run (`toymodel.bridge._parts`):
     a run already there, made with the same parameters, is read back instead of trained again
     (an interrupted scan resumes where it stopped); runs made with other parameters raise
     ``ValueError``. With ``parts``, the result is assembled from those files, so a resumed scan
@@ -278,13 +297,18 @@ def train_scan(elrs, *, progress_bar=True, parts=None, callback=None, **kw):
 
     elrs = parse_elrs(elrs)
     base = RunSpec(elr=float(elrs[0]), **{k: kw.pop(k) for k in _SPEC_KEYS if k in kw})
+    options = _data.DataOptions(**{k: kw.pop(k) for k in ("augment", "corrupt", "corrupt_seed")
+                                   if k in kw})
     specs = [base.replace(elr=float(e)) for e in elrs]
     setup = _setup(**kw)
     check_fits(setup["model"], setup["data"], width=setup["width"], dtype=setup["dtype"],
                device=setup["device"], input_size=setup["input_size"], spec=base)
     net, images, attrs = prepare(seed=base.seed, **setup)
+    images = _data.with_options(images, options)
+    attrs.update(options.record())
     check_lr(elrs, _si_params(si_groups(net)))
-    store = None if parts is None else RunParts(parts, scan_params(base, setup))
+    store = None if parts is None else RunParts(parts, {**scan_params(base, setup),
+                                                        **options.record()})
     found = 0 if store is None else sum(store.has(s.elr, s.seed) for s in specs)
     runs = []
     with progress(total=len(specs), desc="train-scan", disable=not progress_bar,
