@@ -1,21 +1,24 @@
-"""Benchmark of the batch backends: element-steps/s, ratios to NumPy, % of FP64 peak.
+"""Benchmark of the batch backends: element-steps/s, ratios to baselines measured in the same run.
 
-    python benchmarks/bench_kernels.py [--quick] [--out results.json]
+    python benchmarks/bench_kernels.py [--quick] [--only d=2] [--out results.json]
 
 One table per workload (d = 2 phase diagram, d = 100, d = 1000 toy and Rayleigh, n = 10 groups
 total vs individual). An *element-step* is one coordinate of one trajectory advanced by one step
-(B * n * d * steps per run). Baselines are measured in the same run: a naive Python loop (the
-uncompiled trajectory code of kernels._trajectory on a tiny sample, extrapolated), NumPy
-vectorised (dynamics.summarize_batch), JAX jit(vmap(lax.scan)) when jax is importable, numba CPU,
-and the GPU backends when a GPU is present. Compile time (first call on a tiny input) is reported
-separately and excluded from the rates; "run s" is the wall time of the timed run (extrapolated for
-the Python loop). Every workload uses tail = steps / 10, the ratio of scans (CLI defaults
---steps 20000 --tail 2000); ELRs span c = elr * sum(alpha) in [0.3, 3] (all three regimes).
+(B * n * d * steps per run). Rows, all in the same run: a naive Python loop (the uncompiled
+trajectory code, a few steps of one trajectory, extrapolated), NumPy (dynamics.summarize_batch,
+the specification), JAX jit(vmap(lax.scan)) when jax is importable (tail loss only), a plain SoA
+numba kernel of the same step (benchmarks/_baselines.py, tail loss only), numba's per-trajectory
+toy kernel (numba_cpu.toy_aos), numba as dispatched (backend "numba": the lane-vectorised SoA
+kernel for small states), numba in float32, with the Lyapunov twin, and the GPU backends when a GPU
+is present. Every method is timed in interleaved rounds (best of them; other processes load a
+shared machine), compilation excluded and reported separately. The "ratios" line under each table
+divides numba's rate by the others'.
 
-FLOPs per element-step are counted analytically from the kernel code (flops_per_element); the FP64
-peak is cores x clock x FLOPs/cycle (AVX-512: 2 FMA ports x 8 doubles x 2 = 32; AVX2+FMA: 16),
-read from os.cpu_count() and /proc/cpuinfo. It is an upper bound: a shared or throttled machine
-reaches less.
+Then: the roofline (FLOPs, divisions and square roots per element-step counted from the kernels'
+code, the ceilings they imply from benchmarks/bench_divsqrt.py measured in this run, the fraction
+reached); the regime labels of float32 against float64 on a phase diagram; the end-to-end rate of
+``toymodel.scan`` on the d = 2 workload. Every workload uses tail = steps / 10 (the scans' ratio)
+and ELRs spanning c = elr * sum(alpha) in [0.3, 3] (all three regimes).
 """
 from __future__ import annotations
 
@@ -28,24 +31,47 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from toymodel import backend, dynamics  # noqa: E402
+import _baselines  # noqa: E402
+import bench_divsqrt  # noqa: E402
+
+from toymodel import backend, dynamics, regimes, theory  # noqa: E402
 from toymodel._deps import has  # noqa: E402
 from toymodel.problems import RayleighToy, SphereToy  # noqa: E402
 
-# FLOPs per element-step of the toy kernel's fused step (kernels._trajectory._toy_step): 10
-# (gradient 1, |g|^2 2, update 2, |v|^2 2, rescale 1, carried |p|^2 2), tail steps +5 (the chord
-# of the angle; the group norms come free from the sums). Rayleigh: 2m per element for the GEMM
-# (m = d) plus ~20 for the quotient, gradient, rescale, check and tail statistics.
-def flops_per_element(kind, d, tail_frac):
-    if kind == "rayleigh":
-        return 2 * d + 20
-    return 10 + 5 * tail_frac
-
-
 #: tail window as a fraction of the steps, as in scans (CLI defaults --steps 20000 --tail 2000).
 TAIL_FRACTION = 0.1
+
+
+def op_counts(kernel, n, d, tail_frac=TAIL_FRACTION):
+    """(FLOPs, divisions, square roots) per element-step of a toy kernel, counted from its code
+    (total constraint, no twin; an FMA is 2 FLOPs, div and sqrt are counted apart).
+
+    ``"soa"`` (kernels/_soa.py ``lane_step``), per trajectory-step: every step, per group
+    10d + 4 FLOPs (|p|^2, r^2, coefficient, gradient, update, |v|^2, rescale, |new|^2), n + 1
+    divisions (1/r^2 per group, the rescale), 1 sqrt; tail steps add per group 2d + 5 FLOPs (loss,
+    |g|^2, sums), per trajectory 5nd + 41 FLOPs (chord, Welford, share, the arcsin polynomial,
+    sums), 3 divisions (two reciprocal norms, arcsin) and 5 roots (two norms, chord, arcsin,
+    gradient norm). ``"aos"`` (_toy_step._toy_step): per group 10d + 11 FLOPs and 2 divisions
+    (coefficient and loss, every step), per trajectory 1 division and 1 sqrt; tail steps add
+    5nd FLOPs (chord), 4 divisions and 4 roots (plus a libm arcsin). ``"plain"`` (the baseline of
+    _baselines.py): per group 10d FLOPs and 1 division, per trajectory 1 division and 1 sqrt; tail
+    steps add per group 3 FLOPs and 1 division (the loss), per trajectory 3 FLOPs and 1 division
+    (the running mean)."""
+    if kernel == "plain":
+        flops, div, sq = 10 * d * n, n + 1, 1
+        tflops, tdiv, tsq = 3 * n + 3, n + 1, 0
+    elif kernel == "soa":
+        flops, div, sq = (10 * d + 4) * n, n + 1, 1
+        tflops, tdiv, tsq = (2 * d + 5) * n + 5 * n * d + 41, 3, 5
+    else:
+        flops, div, sq = (10 * d + 11) * n, 2 * n + 1, 1
+        tflops, tdiv, tsq = 5 * n * d + 30, 4, 4
+    e = n * d
+    return ((flops + tail_frac * tflops) / e, (div + tail_frac * tdiv) / e,
+            (sq + tail_frac * tsq) / e)
 
 
 def cpu_peak():
@@ -92,164 +118,262 @@ def _rayleigh(m):
     return RayleighToy((Q * np.linspace(0.0, 1.0, m)) @ Q.T)
 
 
-def _inputs(problem, constraint, B):
-    th0 = dynamics.initial_states(problem, np.arange(B), constraint)
+def _inputs(problem, constraint, B, twin=False):
+    out = dynamics.initial_states(problem, np.arange(B), constraint, twin=twin)
     # ELRs across the three regimes of the toy: c = elr * sum(alpha) in [0.3, 3]
     elr = np.geomspace(0.3, 3.0, B) / problem.alphas.sum()
-    return th0, elr
+    return (out[0], elr, out[1]) if twin else (out, elr)
 
 
-def _timed(fn, repeat=1):
-    best = np.inf
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
+def _rounds(fns, rounds, max_total=20.0):
+    """Best wall time of every callable over interleaved rounds (a slow one repeats less)."""
+    best = {k: np.inf for k in fns}
+    spent = {k: 0.0 for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            if spent[k] > max_total and np.isfinite(best[k]):
+                continue
+            t = time.perf_counter()
+            f()
+            dt = time.perf_counter() - t
+            best[k] = min(best[k], dt)
+            spent[k] += dt
     return best
 
 
-def naive_rate(problem, constraint, steps, tail, kind):
-    """Element-steps/s of the uncompiled trajectory code (pure Python), 1 trajectory, few steps."""
-    from toymodel.kernels import _trajectory as tr
+def _kernel_call(entry, problem, th0, elr, steps, tail, constraint, twin=None):
+    """A call of a numba_cpu toy entry point (toy_aos / toy_soa) on fresh buffers."""
+    from toymodel.kernels._protocol import BatchInputs, BatchOutputs
 
-    T = tr.build(lambda f: f)
-    th0, elr = _inputs(problem, constraint, 1)
-    n, d = th0.shape[1:]
-    st = max(2, min(steps, int(2e5 // (n * d * (1 + (2 * d if kind == "rayleigh" else 0))))))
-    th = th0[0].copy()
-    z = np.zeros((n, d))
-    out = np.empty((8, 1))
-    acc = np.empty(7)
-    t = time.perf_counter()
-    if kind == "rayleigh":
-        Bs = problem.A - problem.lambda_min * np.eye(d)
-        T.rayleigh_run(Bs, th, problem.alphas, elr[0], z, False, st, max(1, st // 10), 1e-8, 1e-300,
-                       z.copy(), z.copy(), z.copy(), z.copy(), z.copy(), np.empty(1), acc, out, 0)
-    else:
-        T.toy_run(th, problem.alphas, elr[0], z, False, constraint == "individual", st,
-                  max(1, st // 10), 1e-8, 1e-300, z.copy(), z.copy(), z.copy(), np.empty((3, n)),
-                  acc, out, 0)
-    return n * d * st / (time.perf_counter() - t)
+    dt = th0.dtype
+    B = th0.shape[0]
+    al = np.ascontiguousarray(np.broadcast_to(problem.alphas, th0.shape[:2]), dtype=dt)
+    el = np.ascontiguousarray(elr, dtype=dt)
+
+    def run():
+        inputs = BatchInputs.of(th0.copy(), el, al, twin, individual=constraint == "individual",
+                                steps=steps, tail=tail)
+        entry(inputs, BatchOutputs.empty(np, B, dt))
+    return run
 
 
-def jax_rate(problem, constraint, B, steps, tail, kind):
-    """jit(vmap(lax.scan)) of the same step (loss/tail statistics reduced in the scan carry)."""
-    import jax
-    import jax.numpy as jnp
+def bench_workload(title, problem, constraint, B, steps, kind, gpus, rounds):
+    tail = max(1, int(steps * TAIL_FRACTION))
+    th0, elr, w = _inputs(problem, constraint, B, twin=True)
+    n, d = problem.n_groups, problem.dim
+    fns, compile_s = {}, {}
 
-    jax.config.update("jax_enable_x64", True)
-    th0, elr = _inputs(problem, constraint, B)
-    al = jnp.asarray(problem.alphas)
-    indiv = constraint == "individual"
-    A = jnp.asarray(problem.A - problem.lambda_min * np.eye(problem.dim)) if kind == "rayleigh" else None
-
-    def grad_loss(th):
-        if kind == "rayleigh":
-            x = th[0]
-            y = A @ x
-            sq = x @ x
-            F = x @ y / sq
-            return F, (2 * (y - F * x) / sq)[None]
-        x = th[:, 0]
-        perp = jnp.sum(th[:, 1:] ** 2, -1)
-        sq = perp + x * x
-        coef = 2 * al / sq**2
-        g = jnp.concatenate([(-coef * x * perp)[:, None], (coef * x * x)[:, None] * th[:, 1:]], 1)
-        return jnp.sum(al * perp / sq), g
-
-    def run(th, e):
-        r = jnp.sqrt(jnp.sum(th**2, -1, keepdims=True))
-        rho = jnp.sqrt(jnp.sum(th**2))
-        lr = e * rho**2
-
-        def body(carry, t):
-            th, mean = carry
-            F, g = grad_loss(th)
-            v = th - lr * g
-            v = v * (r / jnp.sqrt(jnp.sum(v**2, -1, keepdims=True)) if indiv
-                     else rho / jnp.sqrt(jnp.sum(v**2)))
-            k = jnp.maximum(t - (steps - tail) + 1, 1)
-            mean = jnp.where(t >= steps - tail, mean + (F - mean) / k, mean)
-            return (v, mean), None
-
-        (th, mean), _ = jax.lax.scan(body, (th, 0.0), jnp.arange(steps))
-        return mean
-
-    f = jax.jit(jax.vmap(run))
-    x0, e0 = jnp.asarray(th0), jnp.asarray(elr)
-    t = time.perf_counter()
-    f(x0, e0).block_until_ready()
-    compile_s = time.perf_counter() - t
-    dt = _timed(lambda: f(x0, e0).block_until_ready())
-    return B * th0.shape[1] * th0.shape[2] * steps / dt, compile_s
-
-
-def bench_backend(name, problem, constraint, B, steps, tail):
-    th0, elr = _inputs(problem, constraint, B)
-    compile_s = 0.0
-    if name != "numpy":   # compile on a tiny input first (same dtypes, so the same signature)
+    def add(name, make_fn, warm=None):
         t = time.perf_counter()
-        backend.summarize(problem, th0[:2], elr[:2], steps=2, tail=1, constraint=constraint,
-                          backend=name)
-        compile_s = time.perf_counter() - t
-    run = lambda: backend.summarize(problem, th0, elr, steps=steps, tail=tail,  # noqa: E731
-                                    constraint=constraint, backend=name)
-    dt = _timed(run)
-    if dt < 1.0:   # short runs: best of 3 more, against the noise of a shared machine
-        dt = min(dt, _timed(run, repeat=3))
-    return B * th0.shape[1] * th0.shape[2] * steps / dt, compile_s, dt
+        fn = make_fn()
+        (warm or fn)()
+        compile_s[name] = time.perf_counter() - t
+        fns[name] = fn
+
+    def summ(name, x0=th0, **kw):
+        return lambda: (lambda: backend.summarize(problem, x0, elr, steps=steps, tail=tail,
+                                                  constraint=constraint, backend=name, **kw))
+
+    def tiny(name, x0=th0, **kw):   # the compile call: same dtypes, so the timed call reuses it
+        return lambda: backend.summarize(problem, x0[:80], elr[:80], steps=2, tail=1,
+                                         constraint=constraint, backend=name, **kw)
+
+    fns["numpy (summarize_batch)"] = summ("numpy")()
+    compile_s["numpy (summarize_batch)"] = 0.0
+    if has("jax"):
+        try:
+            f, c = _baselines.jax_run(problem, constraint, th0, elr, steps, tail, kind)
+            fns["jax jit(vmap(scan)) [loss only]"], compile_s["jax jit(vmap(scan)) [loss only]"] = f, c
+        except Exception as err:   # report, do not fail the benchmark
+            print(f"  jax failed: {err}")
+    numba_name = "numba"
+    if has("numba"):
+        from toymodel.kernels import numba_cpu as nc
+
+        if kind == "toy":
+            add("plain SoA numba [loss only]", lambda: lambda: _baselines.plain_soa(
+                th0, elr, problem.alphas, constraint, steps, tail),
+                lambda: _baselines.plain_soa(th0[:80], elr[:80], problem.alphas, constraint, 2, 1))
+            add("numba per-trajectory kernel", lambda: _kernel_call(
+                nc.toy_aos, problem, th0, elr, steps, tail, constraint))
+            numba_name = f"numba ({'SoA' if nc.use_soa(B, n, d) else 'per-trajectory'} kernel)"
+        add(numba_name, summ("numba"), tiny("numba"))
+        if kind == "toy":
+            add("numba float32", summ("numba", th0.astype(np.float32)),
+                tiny("numba", th0.astype(np.float32)))
+            add("numba + Lyapunov twin", summ("numba", twin_dirs=w), tiny("numba", twin_dirs=w[:80]))
+    for g in gpus:
+        add(g, summ(g), tiny(g))
+    slow = {k: f for k, f in fns.items() if k.startswith("numpy")}
+    best = _rounds({k: f for k, f in fns.items() if k not in slow}, rounds)
+    best.update(_rounds(slow, 2))
+    total = B * n * d * steps
+    rates = {k: total / t for k, t in best.items()}
+    rates["python loop (extrapolated)"] = _baselines.python_loop(problem, constraint, th0, elr,
+                                                                 steps, kind)
+    return dict(title=title, B=B, n=n, d=d, steps=steps, tail=tail, kind=kind, rates=rates,
+                compile_s=compile_s, numba=numba_name, total=total)
+
+
+def print_workload(res, peak, gpus):
+    n, d, kind, rates = res["n"], res["d"], res["kind"], res["rates"]
+    fpe = (2 * d + 20) if kind == "rayleigh" else op_counts(
+        "soa" if "SoA" in res["numba"] else "aos", n, d)[0]
+    print(f"\n## {res['title']}: B={res['B']} trajectories, n={n}, d={d}, steps={res['steps']}, "
+          f"tail={res['tail']}, {fpe:.1f} FLOP/element-step")
+    print("| method | element-steps/s | x NumPy | GFLOP/s | % CPU FP64 peak | compile s | run s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    r_np = rates["numpy (summarize_batch)"]
+    order = ["python loop (extrapolated)"] + [k for k in rates if k != "python loop (extrapolated)"]
+    for meth in order:
+        rate = rates[meth]
+        gf = rate * fpe / 1e9
+        pct = "(GPU)" if meth in gpus else f"{100 * gf / peak:.1f}"
+        print(f"| {meth} | {rate:.3g} | {rate / r_np:.2f} | {gf:.3g} | {pct} | "
+              f"{res['compile_s'].get(meth, 0.0):.2f} | {res['total'] / rate:.3g} |")
+    nb = rates.get(res["numba"])
+    if nb is None:
+        return
+    parts = [f"{res['numba']} / {k} = {nb / rates[k]:.2f}" for k in rates
+             if k in ("numba per-trajectory kernel", "plain SoA numba [loss only]",
+                      "jax jit(vmap(scan)) [loss only]", "numpy (summarize_batch)")]
+    if "numba float32" in rates:
+        parts.append(f"float32 / float64 = {rates['numba float32'] / nb:.2f}")
+    print("\nratios (same run): " + "; ".join(parts))
+
+
+def roofline(results, ceil):
+    """The toy kernels against their division/sqrt and FLOP ceilings on this CPU."""
+    print("\n## Roofline (float64, all threads; ceilings from bench_divsqrt in this run: "
+          f"div {ceil['div']:.3g}/s, sqrt {ceil['sqrt']:.3g}/s, FMA {ceil['fma']:.3g}/s)")
+    print("| workload | kernel | FLOP/el-step | div/el-step | sqrt/el-step | div+sqrt ceiling | "
+          "FLOP ceiling | measured | % of the lower ceiling |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for res in results:
+        if res["kind"] != "toy" or res["constraint"] != "total" or res["n"] != 3:
+            continue
+        kern = "soa" if "SoA" in res["numba"] else "aos"
+        rows = [(kern, res["rates"][res["numba"]])]
+        if kern == "soa":
+            rows.append(("plain", res["rates"]["plain SoA numba [loss only]"]))
+        for kern, rate in rows:
+            fl, dv, sq = op_counts(kern, res["n"], res["d"])
+            c_div = 1.0 / (dv / ceil["div"] + sq / ceil["sqrt"])   # one divide/sqrt unit per core
+            c_flop = 2 * ceil["fma"] / fl
+            print(f"| d={res['d']} | {kern} | {fl:.1f} | {dv:.3f} | {sq:.3f} | {c_div:.3g} | "
+                  f"{c_flop:.3g} | {rate:.3g} | {100 * rate / min(c_div, c_flop):.0f} |")
+
+
+def label_agreement(quick):
+    """Regime labels (classify_summary, as the scan) of float32 against float64 on a d = 2 phase
+    diagram, and a control: float64 through the two CPU kernels, which differ by rounding only."""
+    from toymodel.kernels import numba_cpu as nc
+
+    alphas = np.array([1.0, 2.0, 4.0])
+    prob = SphereToy(alphas, 2)
+    n_elr, seeds, steps = (200, 20, 2000) if quick else (200, 20, 20000)
+    tail = steps // 10
+    lo, hi = theory.total_threshold(alphas), theory.equilibrium_divergence_elr(alphas)
+    elrs = np.geomspace(0.3 * lo, 2.0 * hi, n_elr)
+    th0 = dynamics.initial_states(prob, np.arange(seeds))
+    th = np.ascontiguousarray(np.broadcast_to(th0[None], (n_elr, seeds, 3, 2)).reshape(-1, 3, 2))
+    e = np.repeat(elrs, seeds)
+
+    def labels(tail_loss, status, tail_angle):
+        return regimes.classify_summary(tail_loss, prob.random_loss(), tail_angle=tail_angle,
+                                        invalid_reason=dynamics.status_reasons(status),
+                                        tail_steps=tail)[0]
+    lab, loss = {}, {}
+    for dt in (np.float64, np.float32):
+        r = backend.summarize(prob, th.astype(dt), e, steps=steps, tail=tail, backend="numba")
+        lab[dt], loss[dt] = labels(r["tail_loss"], r["status"], r["tail_angle"]), r["tail_loss"]
+    from toymodel.kernels._protocol import BatchInputs, BatchOutputs
+    inputs = BatchInputs.of(th.copy(), e.copy(), np.tile(alphas, (e.size, 1)), steps=steps, tail=tail)
+    out = BatchOutputs.empty(np, e.size, np.float64)
+    nc.toy_aos(inputs, out)
+    lab_aos = labels(out.out[0], out.status, out.out[6])
+    away = (np.abs(e / lo - 1) > 0.02) & (np.abs(e / hi - 1) > 0.02)
+    ratio = loss[np.float64] / prob.random_loss()
+    off = away & (np.abs(ratio / regimes.DIV_FRAC - 1) > 0.02) & \
+        (np.abs(ratio / regimes.CONV_RTOL - 1) > 0.02)
+    same = lab[np.float64] == lab[np.float32]
+    ctrl = lab[np.float64] == lab_aos
+    print(f"\n## float32 vs float64 regime labels ({n_elr} ELRs x {seeds} seeds, steps={steps}, "
+          f"tail={tail}; boundaries: 1/sum(alpha) = {lo:.4g}, divergence ELR = {hi:.4g})")
+    print(f"identical outside +-2% of the ELR boundaries: {same[away].mean():.4%} of {away.sum()} "
+          f"cells (control, float64 SoA vs float64 per-trajectory kernel: {ctrl[away].mean():.4%})")
+    print(f"also outside +-2% of the loss criteria (conv_rtol, div_frac): {same[off].mean():.4%} of "
+          f"{off.sum()} (control {ctrl[off].mean():.4%})")
+    diff = np.flatnonzero(~same & away)
+    if diff.size:
+        c = e[diff] * alphas.sum()
+        print(f"differing cells: {diff.size}, c in [{c.min():.3f}, {c.max():.3f}], tail loss / "
+              f"random level in [{ratio[diff].min():.3f}, {ratio[diff].max():.3f}]")
+    return dict(f32_away=float(same[away].mean()), control_away=float(ctrl[away].mean()),
+                f32_off_criteria=float(same[off].mean()))
+
+
+def scan_end_to_end(res):
+    """``toymodel.scan`` on the d = 2 workload's cells (grid ELR x seeds, same steps)."""
+    try:
+        import toymodel
+    except Exception as err:   # the scan is optional here
+        print(f"\nscan end-to-end: not measured ({err})")
+        return None
+    seeds = 100
+    elrs = np.geomspace(0.3, 3.0, res["B"] // seeds) / 7.0
+    kw = dict(seeds=seeds, steps=res["steps"], tail=res["tail"], backend="numba",
+              progress_bar=False)
+    toymodel.scan([1.0, 2.0, 4.0], elrs[:4], **dict(kw, steps=2, tail=1))
+    best = min(_timed(lambda: toymodel.scan([1.0, 2.0, 4.0], elrs, **kw)) for _ in range(3))
+    rate = elrs.size * seeds * 6 * res["steps"] / best
+    plain = res["rates"]["plain SoA numba [loss only]"]
+    print(f"\nscan end-to-end (toymodel.scan, {elrs.size} ELRs x {seeds} seeds, steps="
+          f"{res['steps']}): {rate:.3g} element-steps/s = {rate / plain:.2f} x the plain SoA kernel, "
+          f"{rate / res['rates'][res['numba']]:.2f} x the kernel alone")
+    return rate
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="smaller batches (about a minute)")
+    p.add_argument("--quick", action="store_true", help="smaller batches (a few minutes)")
+    p.add_argument("--only", help="run the workloads whose title starts with this")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
     peak, peak_desc = cpu_peak()
     gpus = [b for b in ("cuda", "cupy") if b in backend.available_backends()
             and os.environ.get("NUMBA_ENABLE_CUDASIM", "0") in ("", "0")]
     print(f"# bench_kernels ({'quick' if args.quick else 'full'}); numpy {np.__version__}; "
-          f"python {platform.python_version()}")
+          f"python {platform.python_version()}; load average {os.getloadavg()[0]:.2f}")
     print(f"# CPU FP64 peak estimate: {peak_desc}")
     print(f"# GPU backends: {gpus or 'none (no GPU on this machine)'}; "
           f"JAX: {'yes' if has('jax') else 'not installed'}")
+    ceil = bench_divsqrt.measure(np.float64, repeat=3 if args.quick else 5)
     results = []
     for title, problem, constraint, B, steps, kind in workloads(args.quick):
-        tail = max(1, int(steps * TAIL_FRACTION))
-        fpe = flops_per_element(kind, problem.dim, tail / steps)
-        total = B * problem.n_groups * problem.dim * steps
-        rate = naive_rate(problem, constraint, steps, tail, kind)
-        rows = [("python loop (extrapolated)", rate, 0.0, total / rate)]
-        r_np, _, t_np = bench_backend("numpy", problem, constraint, B, steps, tail)
-        rows.append(("numpy (summarize_batch)", r_np, 0.0, t_np))
-        if has("jax"):
-            try:
-                rate, comp = jax_rate(problem, constraint, B, steps, tail, kind)
-                rows.append(("jax jit(vmap(scan)) [loss only]", rate, comp, total / rate))
-            except Exception as err:   # report, do not fail the benchmark
-                print(f"  jax failed: {err}")
-        for name in ["numba"] + gpus:
-            if name == "numba" and not has("numba"):
-                continue
-            r, c, t = bench_backend(name, problem, constraint, B, steps, tail)
-            rows.append((name, r, c, t))
-        n, d = problem.n_groups, problem.dim
-        print(f"\n## {title}: B={B} trajectories, n={n}, d={d}, steps={steps}, tail={tail}, "
-              f"{fpe:.0f} FLOP/element-step")
-        print(f"| method | element-steps/s | x NumPy | GFLOP/s | % CPU FP64 peak | compile s | run s |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        for meth, rate, comp, wall in rows:
-            gf = rate * fpe / 1e9
-            pct = f"{100 * gf / peak:.1f}" if meth not in gpus else "(GPU)"
-            print(f"| {meth} | {rate:.3g} | {rate / r_np:.2f} | {gf:.3g} | {pct} | {comp:.2f} | "
-                  f"{wall:.3g} |")
-            results.append(dict(workload=title, method=meth, B=B, n=n, d=d, steps=steps,
-                                tail=tail, rate=rate, ratio_numpy=rate / r_np, gflops=gf,
-                                compile_s=comp, run_s=wall))
+        if args.only and not title.startswith(args.only):
+            continue
+        res = bench_workload(title, problem, constraint, B, steps, kind, gpus,
+                             3 if args.quick else 5)
+        res["constraint"] = constraint
+        print_workload(res, peak, gpus)
+        results.append(res)
         sys.stdout.flush()
+    roofline(results, ceil)
+    extra = {}
+    if results and results[0]["title"].startswith("d=2") and has("numba"):
+        extra["scan_rate"] = scan_end_to_end(results[0])
+        extra["f32_label_agreement"] = label_agreement(args.quick)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(dict(peak_gflops=peak, peak=peak_desc, results=results), f, indent=1)
+            json.dump(dict(peak_gflops=peak, peak=peak_desc, ceilings=ceil, results=results,
+                           **extra), f, indent=1, default=float)
     return 0
 
 

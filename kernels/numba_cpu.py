@@ -5,13 +5,16 @@ Entry points `toy`, `rayleigh`, `is_available` with the protocol of `kernels._pr
 RNG; never imports toymodel). The state's dtype (float64 or float32) is the computing dtype of
 every operation on the state, as in the specification; the tail accumulators are float64.
 
-The toy kernel runs the whole time loop of one trajectory inside one ``prange`` iteration, so its
-state stays in L1/L2 cache. The Rayleigh kernel (dense A shared by all trajectories) advances all
+The toy has two kernels, chosen by shape (`use_soa`): for small states (``n*d`` up to
+`SOA_MAX_ELEMENTS`, the phase diagrams) `toy_soa` runs blocks of `SOA_LANES` trajectories
+transposed, lane-vectorised (`kernels._soa`, compiled per shape); otherwise `toy_aos` runs the whole
+time loop of one trajectory inside one ``prange`` iteration, its state in L1/L2 cache and its
+loops over coordinates vectorised. The Rayleigh kernel (dense A shared by all trajectories) advances all
 trajectories together: one BLAS GEMM $Y=S(A-\lambda_1I)$ per step (``S`` stacks states and
 twins; the BLAS threads use the cores), then a plain loop over trajectories for the O(m) rest of
 the step (a ``prange`` there would compete with the spinning BLAS threads: measured 2x slower).
 
-Both kernels flush subnormal numbers to zero (x86-64 MXCSR FTZ/DAZ, set per thread and restored):
+All kernels flush subnormal numbers to zero (x86-64 MXCSR FTZ/DAZ, set per thread and restored):
 a converging run drives coordinates geometrically to 0 and, without the flush, through the
 subnormal range where every operation costs ~100 cycles (10x slower runs; the smallest subnormal
 times a factor in (0.5, 1) rounds back to itself, so such coordinates stay there for good). The
@@ -29,36 +32,43 @@ from numba import njit, prange
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
+from . import _soa
 from . import _trajectory as _tr
 from ._protocol import BatchInputs, BatchOutputs
 
 
-def _source_sha256() -> str | None:
-    """sha256 of ``_trajectory.py`` (``None`` when the source cannot be read)."""
+def _source_sha256(folder=None) -> str | None:
+    """sha256 over the private modules of this package (``_*.py`` in ``folder``, by default this
+    module's: the trajectory code every kernel inlines, whatever its split), ``None`` when a source
+    cannot be read."""
     try:
-        return hashlib.sha256(Path(_tr.__file__).read_bytes()).hexdigest()
-    except (OSError, TypeError):
+        h = hashlib.sha256()
+        for path in sorted(Path(folder or Path(__file__).resolve().parent).glob("_*.py")):
+            h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        return h.hexdigest()
+    except OSError:
         return None
 
 
 # On-disk cache (``cache=True``: a first call costs ~7 s of JIT per process, every CLI run and every
 # Dask worker) keyed on the trajectory source. numba invalidates a cached function when *its own*
-# file changes (it stores a hash of that file in the index), but the two kernels below inline the
-# functions of ``_trajectory.py``: after an edit there numba would reload the old machine code.
-# So the kernels' ``__qualname__`` carries the sha256 of ``_trajectory.py`` (`_source_keyed`): numba
-# names its cache files after the qualified name, an edit of ``_trajectory.py`` gives new names, a
-# miss and a recompilation, and an edit of this file invalidates as usual. Nothing is deleted (the
-# old entries are orphaned: ``rm -r kernels/__pycache__`` reclaims them) and nothing global is
-# touched. Rejected: deleting stale files at import (races with processes loading them, surprising
-# in an install tree); ``NUMBA_CACHE_DIR`` per hash (process-global, would move every other
-# package's cache too); a custom cache locator (numba-internal classes, registered globally).
+# file changes (it stores a hash of that file in the index), but the kernels inline the functions
+# of the private modules (``_trajectory.py``, ``_common.py``, ``_toy_step.py``, ``_rayleigh_step.py``,
+# ``_tail.py``, ``_soa.py``, and any later ``_*.py``): after an edit there numba would reload the old
+# machine code. So the kernels' ``__qualname__`` carries the sha256 of all of them (`_source_keyed`):
+# numba names its cache files after the qualified name, an edit of any private module gives new
+# names, a miss and a recompilation, and an edit of this file invalidates as usual. Nothing is
+# deleted (the old entries are orphaned: ``rm -r kernels/__pycache__`` reclaims them) and nothing
+# global is touched. Rejected: deleting stale files at import (races with processes loading them,
+# surprising in an install tree); ``NUMBA_CACHE_DIR`` per hash (process-global, would move every
+# other package's cache too); a custom cache locator (numba-internal classes, registered globally).
 # Without a readable source the kernels are not cached at all.
 _SOURCE_SHA = _source_sha256()
 _CACHE = _SOURCE_SHA is not None
 
 
 def _source_keyed(fn):
-    """Name ``fn`` after the trajectory source, so that numba's cache files are keyed on it."""
+    """Name ``fn`` after the kernel sources, so that numba's cache files are keyed on them."""
     if _CACHE:
         fn.__qualname__ = f"{fn.__name__}_src{_SOURCE_SHA[:16]}"
     return fn
@@ -110,6 +120,36 @@ def _set_fpmode(typingctx, value):
             _mxcsr_call(builder, "llvm.x86.sse.ldmxcsr", ptr)
         return context.get_dummy_value()
     return types.void(types.uint32), codegen
+
+
+@intrinsic
+def _f64_bits(typingctx, x):
+    """The bits of a float64 as int64 (an LLVM bitcast: vectorises, unlike a call)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _bits_f64(typingctx, i):
+    """The float64 with the bits of an int64 (an LLVM bitcast)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
+@intrinsic
+def _sqrt(typingctx, x):
+    """LLVM's ``llvm.sqrt`` (NaN below 0, no errno): numba's ``math.sqrt`` is a libm call, which
+    LLVM vectorises only where it proves the argument non-negative."""
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        lty = context.get_value_type(x)
+        fn = builder.module.declare_intrinsic("llvm.sqrt", [lty])
+        return builder.call(fn, args)
+    return x(x), codegen
 
 
 @njit(parallel=True, error_model="numpy", fastmath=_FAST, cache=_CACHE)
@@ -187,12 +227,78 @@ def _rayleigh_kernel(theta, Bs, elr, alphas, twin_dirs, use_twin, steps, tail, e
         _finish(acc[b], out, b, tail, 1, use_twin, status[b] == 0, xy / sq)
 
 
+# -- the lane-vectorised toy kernel for small states (kernels._soa) ---------------------------------
+#: trajectories per block of the SoA kernel: 8 AVX-512 registers of float64 lanes (4 of float32);
+#: 32 to 256 measured the same within the noise (docs/benchmarks.md)
+SOA_LANES = 64
+#: the SoA kernel runs states of at most this many elements n*d: its loops over groups and
+#: coordinates unroll completely up to about there (1.1-5.6x the per-trajectory kernel at n*d = 32,
+#: 0.64x at (3, 12), 0.55x at (3, 16); docs/benchmarks.md) ...
+SOA_MAX_ELEMENTS = 32
+#: ... for batches of at least one full block: below that the per-trajectory kernel is as fast and
+#: needs no compilation for the shape (the SoA kernel is compiled per (n, d) in ~3-7 s, then cached)
+SOA_MIN_BATCH = SOA_LANES
+#: contract (FMA) only: the lanes need no reassociation (nothing is summed across lanes), and
+#: reassociating ``lr * (c * x)`` into ``(lr * c) * x`` overflows where the spec does not (float32 at
+#: ELR 1e37-1e38: measured status mismatches)
+_SOA_FAST = {"contract"}
+_SOA_ENV = {"prange": prange, "get_fpmode": _get_fpmode, "set_fpmode": _set_fpmode,
+            "FTZ_DAZ": _FTZ_DAZ, "sqrt": _sqrt, "_f64_bits": _f64_bits, "_bits_f64": _bits_f64}
+_SOA_KERNELS: dict = {}
+
+
+def _soa_kernel(n: int, d: int, individual: bool, twin: bool, single: bool = False):
+    """The SoA kernel for shape ``(n, d)`` (built once per process, cached on disk by numba under a
+    name that carries the shape, the setting and the source hash)."""
+    key = (n, d, individual, twin, single)
+    kern = _SOA_KERNELS.get(key)
+    if kern is None:
+        name = (f"toy_soa_n{n}_d{d}_{'individual' if individual else 'total'}"
+                f"{'_twin' if twin else ''}_{'f32' if single else 'f64'}_L{SOA_LANES}")
+        if _CACHE:
+            name += f"_src{_SOURCE_SHA[:16]}"
+        helper = lambda f: njit(f, error_model="numpy", fastmath=_SOA_FAST, nogil=True)  # noqa: E731
+        kern = _soa.build(helper, lambda f: njit(f, parallel=True, error_model="numpy",
+                                                 fastmath=_SOA_FAST, nogil=True, cache=_CACHE),
+                          n=n, d=d, individual=individual, twin=twin, single=single,
+                          lanes=SOA_LANES,
+                          env=_SOA_ENV, qualname=name)
+        _SOA_KERNELS[key] = kern
+    return kern
+
+
+def use_soa(batch: int, n: int, d: int) -> bool:
+    """Whether `toy` runs the SoA kernel for ``batch`` trajectories of shape ``(n, d)``."""
+    return n * d <= SOA_MAX_ELEMENTS and batch >= SOA_MIN_BATCH
+
+
 # -- entry points (kernels._protocol) ------------------------------------------------------------
 def toy(inputs: BatchInputs, outputs: BatchOutputs) -> None:
-    """The canonical toy for ``B`` trajectories; ``inputs.theta`` ends as the final states."""
+    """The canonical toy for ``B`` trajectories; ``inputs.theta`` ends as the final states.
+
+    Small states of large batches (`use_soa`) run lane-vectorised (`toy_soa`), the others one
+    trajectory per ``prange`` iteration (`toy_aos`); both equal the specification."""
+    B, n, d = inputs.theta.shape
+    (toy_soa if use_soa(B, n, d) else toy_aos)(inputs, outputs)
+
+
+def toy_aos(inputs: BatchInputs, outputs: BatchOutputs) -> None:
+    """`toy` with one trajectory per ``prange`` iteration (any shape; the faster one above
+    `SOA_MAX_ELEMENTS`)."""
     i = inputs
     _toy_kernel(i.theta, i.elr, i.alphas, i.twin_dirs, bool(i.use_twin), bool(i.individual),
                 int(i.steps), int(i.tail), i.eps, i.tiny, *outputs)
+
+
+def toy_soa(inputs: BatchInputs, outputs: BatchOutputs) -> None:
+    """`toy` lane-vectorised over blocks of `SOA_LANES` trajectories (kernels._soa; any shape, but
+    compiled per ``(n, d)`` and fastest for small ``n*d``)."""
+    i = inputs
+    _, n, d = i.theta.shape
+    kern = _soa_kernel(int(n), int(d), bool(i.individual), bool(i.use_twin),
+                       i.theta.dtype == np.float32)
+    kern(i.theta, i.elr, i.alphas, i.twin_dirs, int(i.steps), int(i.tail), i.eps, i.tiny,
+         *outputs)
 
 
 def rayleigh(inputs: BatchInputs, outputs: BatchOutputs) -> None:
@@ -207,4 +313,4 @@ def is_available() -> bool:
     return True
 
 
-__all__ = ["is_available", "rayleigh", "toy"]
+__all__ = ["is_available", "rayleigh", "toy", "toy_aos", "toy_soa", "use_soa"]

@@ -19,7 +19,6 @@ cuBLAS GEMM per step.
 """
 from __future__ import annotations
 
-
 import numpy as np
 from numba import cuda
 from numba import float64 as _f64

@@ -100,6 +100,30 @@ def test_summarize_matches_numpy_through_the_dispatch(name, kind):
 
 
 @pytest.mark.skipif(not has("numba"), reason="no numba")
+@pytest.mark.parametrize("constraint", ["total", "individual"])
+def test_phase_diagram_batches_take_the_lane_vectorised_kernel(constraint):
+    """A batch of a phase diagram (many cells of n = 3, d = 2) runs numba's SoA kernel through the
+    dispatch and matches the NumPy path to the derived bound: converging cells (c < 1) and,
+    20 steps in, the chaotic ones (chaos-aware bound), twin included, alphas per cell."""
+    from toymodel.kernels import numba_cpu
+
+    prob = SphereToy([1.0, 2.0, 4.0], dim=2)
+    B = 90
+    th0, w = dynamics.initial_states(prob, list(range(B)), constraint, twin=True)
+    assert numba_cpu.use_soa(B, 3, 2)
+    alphas = np.tile(prob.alphas, (B, 1)) * np.linspace(0.5, 1.5, B)[:, None]
+    elr = np.geomspace(0.3, 3.0, B) / alphas.sum(1)
+    kw = dict(steps=20, tail=8, constraint=constraint, alphas=alphas, twin_dirs=w)
+    ref = backend.summarize(prob, th0, elr, backend="numpy", **kw)
+    got = backend.summarize(prob, th0, elr, backend="numba", **kw)
+    assert got["backend"] == "numba"
+    lam = finite_time_lyapunov(prob, th0, elr, steps=20, constraint=constraint, alphas=alphas,
+                               twin_dirs=w)
+    assert_matches(got, ref, tolerance(np.float64, prob, steps=20, tail=8, alphas=alphas,
+                                       lyap_ft=lam))
+
+
+@pytest.mark.skipif(not has("numba"), reason="no numba")
 def test_overflowing_elr_is_flagged_through_the_dispatch():
     prob = SphereToy([1.0, 2.0])
     th0 = dynamics.initial_states(prob, [0, 1])

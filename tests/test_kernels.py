@@ -51,12 +51,17 @@ KERNELS = [pytest.param("numba", marks=pytest.mark.skipif(not has("numba"), reas
            pytest.param("cuda", marks=pytest.mark.skipif(not _cuda_ok(), reason="no CUDA/simulator")),
            pytest.param("cupy_sim", marks=pytest.mark.skipif(not _cuda_ok(), reason="no CUDA/simulator")),
            pytest.param("cupy", marks=pytest.mark.skipif(not _cupy_ok(), reason="no CuPy device"))]
+#: the toy also through numba's lane-vectorised kernel (numba_cpu.toy_soa), whatever the batch size
+#: (``numba`` dispatches the small batches of these tests to the per-trajectory kernel)
+SOA = pytest.param("numba_soa", marks=pytest.mark.skipif(not has("numba"), reason="no numba"))
+TOY_KERNELS = KERNELS + [SOA]
+CPU_KINDS = ("numba", "numba_soa")
 NAMES = dynamics.SUMMARY_NAMES
 KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels"
 
 
 def kernel_module(kind):
-    if kind == "numba":
+    if kind in CPU_KINDS:
         from toymodel.kernels import numba_cpu as m
     elif kind == "cuda":
         from toymodel.kernels import numba_cuda as m
@@ -91,7 +96,8 @@ def run_kernel(kind, problem, theta0, elr, *, steps, tail, constraint="total", a
     outputs = BatchOutputs(xp.full((len(NAMES), B), -7.0, dt), xp.full(B, 99, np.int8),
                            xp.full(B, -99, np.int64))
     m = kernel_module(kind)
-    (m.rayleigh if shifted is not None else m.toy)(inputs, outputs)
+    (m.rayleigh if shifted is not None else m.toy_soa if kind == "numba_soa" else m.toy)(inputs,
+                                                                                        outputs)
     out, status, bad, theta = outputs.out, outputs.status, outputs.bad_step, inputs.theta
     if kind == "cupy":
         theta, out, status, bad = (a.get() for a in (theta, out, status, bad))
@@ -102,7 +108,7 @@ def run_kernel(kind, problem, theta0, elr, *, steps, tail, constraint="total", a
 
 def _steps(kind):
     # the simulator interprets every thread in Python: keep its runs short
-    return (60, 20) if kind == "numba" else (16, 6)
+    return (60, 20) if kind in CPU_KINDS else (16, 6)
 
 
 toy_cases = st.fixed_dictionaries({
@@ -194,7 +200,7 @@ def _chaotic_cell(B):
     return prob, th0, w, np.full(B, 2.0 / 7.0)
 
 
-@pytest.mark.parametrize("kind", KERNELS)
+@pytest.mark.parametrize("kind", TOY_KERNELS)
 def test_chaotic_cells_agree_to_the_chaos_aware_bound(kind):
     """Before the trajectories decorrelate, kernel and spec differ by rounding amplified by
     e^(lambda steps): 30 steps at lambda ~ 0.35 amplify ~4e4-fold, the bound stays ~1e-10."""
@@ -225,14 +231,14 @@ def _integrated_autocorrelation_time(x, window=5.0):
     return max(tau, 0.5)
 
 
-@pytest.mark.parametrize("kind", KERNELS)
+@pytest.mark.parametrize("kind", TOY_KERNELS)
 def test_chaotic_tail_statistics_agree_after_decorrelation(kind):
     r"""After ln(1/u)/lambda ~ 105 steps the kernel's and the spec's chaotic trajectories are
     independent samples of the same invariant measure: their tail means differ by a sampling error,
     bounded by 6 standard errors of a difference, $6\sqrt2\,\sigma\sqrt{2\tau/tail}$ with
     $\sigma$, $\tau$ measured on the spec's own trace (false alarm < 1e-8 per quantity)."""
     prob, th0, w, elr = _chaotic_cell(2)
-    steps, tail = (3000, 2000) if kind == "numba" else (800, 600)
+    steps, tail = (3000, 2000) if kind in CPU_KINDS else (800, 600)
     kw = dict(steps=steps, tail=tail, twin_dirs=w)
     got = run_kernel(kind, prob, th0, elr, **kw)
     ref = dynamics.summarize_batch(prob, th0, elr, **kw)
@@ -248,7 +254,7 @@ def test_chaotic_tail_statistics_agree_after_decorrelation(kind):
     assert np.all(got["frac_above_threshold"] > 0)
 
 
-@pytest.mark.parametrize("kind", KERNELS)
+@pytest.mark.parametrize("kind", TOY_KERNELS)
 @pytest.mark.parametrize("constraint", ["total", "individual"])
 def test_float32_within_derived_tolerance(kind, constraint):
     prob = SphereToy([1.0, 3.0], dim=3)
@@ -265,7 +271,7 @@ def test_float32_within_derived_tolerance(kind, constraint):
     assert_matches(got, dynamics.summarize_batch(prob, th0, elr, **kw), tol)
 
 
-@pytest.mark.parametrize("kind", KERNELS)
+@pytest.mark.parametrize("kind", TOY_KERNELS)
 def test_invalid_cells_are_flagged_not_crashing(kind):
     """A zero-norm group and an overflowing ELR give a status code, bad_step and NaN summaries,
     exactly as the spec does; healthy neighbours are untouched."""
@@ -300,7 +306,7 @@ def _edge_batch(problem, dt, constraint):
     return th0.astype(dt), w.astype(dt), elr
 
 
-@pytest.mark.parametrize("kind", KERNELS)
+@pytest.mark.parametrize("kind", TOY_KERNELS)
 @pytest.mark.parametrize("dt", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", ["toy-total", "toy-individual", "rayleigh"])
 def test_status_and_bad_step_equal_the_spec_at_dtype_edges(kind, dt, case):
@@ -309,11 +315,13 @@ def test_status_and_bad_step_equal_the_spec_at_dtype_edges(kind, dt, case):
     formed the learning rate and the update in float64 for float32 states and ran on; they now
     compute in the state's dtype, like the spec, so every status and bad_step agrees."""
     if case == "rayleigh":
+        if kind == "numba_soa":
+            pytest.skip("the lane-vectorised kernel is the toy's")
         prob, constraint = RayleighToy(np.diag([0.0, 1.0, 3.0]) + 0.1), "total"
     else:
         prob, constraint = SphereToy([1.0, 2.0, 4.0], dim=3), case.split("-")[1]
     th0, w, elr = _edge_batch(prob, dt, constraint)
-    steps, tail = (10, 4) if kind == "numba" else (4, 2)
+    steps, tail = (10, 4) if kind in CPU_KINDS else (4, 2)
     kw = dict(steps=steps, tail=tail, constraint=constraint, twin_dirs=w)
     got = run_kernel(kind, prob, th0, elr, **kw)
     ref = dynamics.summarize_batch(prob, th0, elr, **kw)
@@ -417,6 +425,167 @@ def test_numba_flush_to_zero_keeps_spec_and_restores_fp_mode():
     assert (x * 1e-10)[0] > 0.0                               # subnormals still exist here
 
 
+# -- the lane-vectorised (SoA) toy kernel of numba_cpu ------------------------------------------------
+needs_numba = pytest.mark.skipif(not has("numba"), reason="no numba")
+#: shapes on both sides of the dispatch crossover (numba_cpu.SOA_MAX_ELEMENTS = 32 elements), both
+#: constraints, twin on and off; B = 70 fills a block of 64 lanes and pads a second one
+SOA_CASES = [(3, 2, "total", False), (3, 2, "total", True), (3, 2, "individual", False),
+             (3, 2, "individual", True), (1, 2, "total", True), (2, 5, "individual", False),
+             (4, 8, "total", True), (3, 11, "individual", True)]
+
+
+@needs_numba
+@pytest.mark.parametrize("n, d, constraint, twin", SOA_CASES,
+                         ids=[f"{n}x{d}-{c}{'-twin' if t else ''}" for n, d, c, t in SOA_CASES])
+def test_soa_kernel_equals_spec(n, d, constraint, twin):
+    """Converging cells of every shape: the lane-vectorised kernel equals the spec to the derived
+    bound (the 1e-12 contract in float64), summaries, final states, status and bad step."""
+    check_toy("numba_soa", dict(n=n, d=d, B=70, constraint=constraint, twin=twin,
+                                seed=100 * n + d, u=0.8))
+
+
+@needs_numba
+@pytest.mark.parametrize("dt", [np.float32, np.float64], ids=["f32", "f64"])
+def test_soa_invalid_lanes_fail_alone(dt):
+    """Failed lanes are masked, not left: each keeps its status, bad step and frozen state, and its
+    block's other lanes run on to the spec's values. The second block's first trajectory, which
+    the padded lanes of that block repeat, is itself invalid."""
+    prob = SphereToy([1.0, 2.0, 4.0], dim=2)
+    B = 70
+    th0, w = dynamics.initial_states(prob, list(range(B)), "total", twin=True)
+    elr = np.full(B, 0.1)
+    th0[[0, 64], 1] = 0.0                             # zero-norm groups: status 1 at step 0
+    elr[33] = {np.float32: 1e38, np.float64: 1e300}[dt]   # overflow: status 2 at step 0
+    th0, w = th0.astype(dt), w.astype(dt)
+    kw = dict(steps=40, tail=10, twin_dirs=w)
+    got = run_kernel("numba_soa", prob, th0, elr, **kw)
+    ref = dynamics.summarize_batch(prob, th0, elr, **kw)
+    assert set(np.flatnonzero(ref["status"])) == {0, 33, 64}
+    ok = ref["status"] == 0
+    lam = np.zeros(B)
+    lam[ok] = finite_time_lyapunov(prob, th0[ok].astype(np.float64), elr[ok], steps=40,
+                                   twin_dirs=w[ok].astype(np.float64))
+    assert_matches(got, ref, tolerance(dt, prob, steps=40, tail=10, lyap_ft=lam))
+    assert np.all(np.isfinite(got["theta_final"][33]))
+
+
+@needs_numba
+@pytest.mark.parametrize("d", [2, 5])
+def test_numba_toy_kernels_overflow_where_the_spec_does(d):
+    """float32 ELRs 1e37-3e38 over 200 starts, where the learning-rate step ``lr * g`` and the
+    squares ``v^2`` cross the float32 range: both CPU kernels give the spec's status (1 or 2) on
+    every cell. Reassociating ``lr * (c * x)`` into ``(lr * c) * x`` (fastmath "reassoc") broke
+    this for the lane-vectorised kernel; it compiles with "contract" only."""
+    from toymodel.kernels import numba_cpu as nc
+    from toymodel.kernels._protocol import BatchInputs, BatchOutputs
+
+    prob = SphereToy([1.0, 2.0, 4.0], dim=d)
+    B = 200
+    th0 = dynamics.initial_states(prob, list(range(B))).astype(np.float32)
+    al = np.ascontiguousarray(np.broadcast_to(prob.alphas, (B, 3)), dtype=np.float32)
+    for e in (1e37, 3e37, 1e38, 3e38):
+        elr = np.full(B, e, np.float32)
+        ref = dynamics.summarize_batch(prob, th0, elr, steps=3, tail=1)
+        assert len(set(ref["status"])) > 1 or e == 1e37   # the cells straddle the two statuses
+        for entry in (nc.toy_aos, nc.toy_soa):
+            inputs = BatchInputs.of(th0.copy(), elr, al, steps=3, tail=1)
+            outputs = BatchOutputs.empty(np, B, np.float32)
+            entry(inputs, outputs)
+            np.testing.assert_array_equal(outputs.status, ref["status"], err_msg=f"{entry.__name__} {e}")
+            np.testing.assert_array_equal(outputs.bad_step, ref["bad_step"])
+
+
+@needs_numba
+def test_toy_dispatches_small_states_of_large_batches_to_the_soa_kernel(monkeypatch):
+    from toymodel.kernels import numba_cpu as nc
+    from toymodel.kernels._protocol import BatchInputs, BatchOutputs
+
+    lanes, top = nc.SOA_LANES, nc.SOA_MAX_ELEMENTS
+    assert nc.use_soa(lanes, 3, 2) and nc.use_soa(10**6, 4, 8) and top == 32
+    assert not nc.use_soa(lanes - 1, 3, 2)            # a small batch: no per-shape compilation
+    assert not nc.use_soa(10**6, 3, 11) and not nc.use_soa(10**6, 3, 100)
+    calls = []
+    monkeypatch.setattr(nc, "toy_soa", lambda i, o: calls.append("soa"))
+    monkeypatch.setattr(nc, "toy_aos", lambda i, o: calls.append("aos"))
+    for B, d in ((lanes, 2), (3, 2), (lanes, 100)):
+        th = np.ones((B, 3, d)) / np.sqrt(3 * d)
+        nc.toy(BatchInputs.of(th, np.full(B, 0.1), np.ones((B, 3)), steps=2, tail=1),
+               BatchOutputs.empty(np, B, np.float64))
+    assert calls == ["soa", "aos", "aos"]
+
+
+def _apply(fn):
+    from numba import njit
+
+    @njit
+    def apply(x):
+        out = np.empty_like(x)
+        for i in range(x.size):
+            out[i] = fn(x[i])
+        return out
+    return apply
+
+
+@needs_numba
+def test_vectorisable_log_and_asin_match_libm():
+    """The SoA kernel's `_vecmath._log`, `_asin` and `_asinf` (compiled as in the kernel: the CPU
+    module's bit casts and sqrt, its fastmath flags) within 1, 4 and 4 ulp over their ranges of use."""
+    from numba import njit
+    from toymodel.kernels import _soa, _vecmath
+    from toymodel.kernels import numba_cpu as nc
+
+    jit = lambda f: njit(f, error_model="numpy", fastmath=nc._SOA_FAST)  # noqa: E731
+    log = _apply(jit(_soa.bind(_vecmath._log, nc._SOA_ENV)))
+    asin = _apply(jit(_soa.bind(_vecmath._asin, nc._SOA_ENV)))
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.geomspace(np.finfo(float).tiny, 1e300, 40001),
+                        1.0 + np.linspace(-0.3, 0.3, 4001), rng.uniform(0.5, 2.0, 4000)])
+    ulp = np.abs(log(x) - np.log(x)) / np.spacing(np.abs(np.log(x)))
+    assert ulp.max() <= 1.0, ulp.max()
+    y = np.concatenate([np.linspace(0.0, 1.0, 100001), np.geomspace(1e-300, 1.0, 10001)])
+    ulp = np.abs(asin(y) - np.arcsin(y)) / np.spacing(np.arcsin(y))
+    assert ulp.max() <= 4.0, ulp.max()
+    asinf = _apply(jit(_soa.bind(_vecmath._asinf, nc._SOA_ENV)))
+    y32 = y.astype(np.float32)
+    ref32 = np.arcsin(y32.astype(np.float64)).astype(np.float32)     # correctly rounded
+    ulp = np.abs(asinf(y32).astype(np.float64) - ref32) / np.spacing(np.maximum(ref32, 1e-38))
+    assert asinf(y32).dtype == np.float32 and ulp.max() <= 4.0, ulp.max()
+    special = np.array([np.inf, np.nan])
+    assert np.isinf(log(special)[0]) and np.isnan(log(special)[1])
+    assert _vecmath._log(10.0) == log(np.array([10.0]))[0]      # the pure-Python bit casts agree
+
+
+@needs_numba
+def test_soa_float32_arithmetic_runs_in_the_state_dtype():
+    """As `test_state_arithmetic_runs_in_the_state_dtype`, for the SoA step: in float32 nothing but
+    the accumulators and their inputs is float64, so a float32 step vectorises 16 lanes wide and
+    overflows where the spec's does."""
+    from numba import njit
+    from numba import types as nt
+    from toymodel.kernels import _soa, _vecmath
+    from toymodel.kernels import numba_cpu as nc
+
+    jit = lambda f: njit(f, error_model="numpy", _dbg_optnone=True)  # noqa: E731
+    const = dict(nc._SOA_ENV, **_soa.layout(3, 2), N=3, D=2, L=8, INDIVIDUAL=True, TWIN=True)
+    g = dict(const, _log=jit(_soa.bind(_vecmath._log, nc._SOA_ENV)),
+             _asin=jit(_soa.bind(_vecmath._asinf, nc._SOA_ENV)))
+    W, A, f32 = nt.Array(nt.float32, 1, "C"), nt.Array(nt.float64, 1, "C"), nt.float32
+    # float64 on purpose: the twin's log-stretch, folded into its accumulator (the tail values
+    # go to fold_tail, the float64 loop, through the block's state-dtype rows)
+    allowed = {"stretch"}
+    leaks = {}
+    for tail in (False, True):
+        for tmpl, sig in ((_soa.lane_step, (W, A)), (_soa.lane_twin, (W, A, f32, f32))):
+            disp = jit(_soa.bind(tmpl, dict(g, TAIL=tail)))
+            disp.compile(sig)
+            for cres in disp.overloads.values():
+                f64 = {k.split(".")[0] for k, v in cres.type_annotation.typemap.items()
+                       if v == nt.float64 and not k.startswith(("$", "arg."))}
+                if f64 - allowed:
+                    leaks[(tmpl.__name__, tail)] = sorted(f64 - allowed)
+    assert not leaks, leaks
+
+
 # -- the on-disk cache ---------------------------------------------------------------------------
 _CACHE_PROBE = """
 import json, sys
@@ -425,20 +594,27 @@ sys.path.insert(0, sys.argv[1])
 from kcopy import numba_cpu as m
 from kcopy._protocol import BatchInputs, BatchOutputs
 th = np.array([[[0.6, 0.8], [0.0, 1.0]]]) / np.sqrt(2.0)
-inputs = BatchInputs.of(th, np.array([0.1]), np.array([[1.0, 2.0]]), steps=5, tail=2)
+inputs = BatchInputs.of(th.copy(), np.array([0.1]), np.array([[1.0, 2.0]]), steps=5, tail=2)
 outputs = BatchOutputs.empty(np, 1, np.float64)
-m.toy(inputs, outputs)
-s = m._toy_kernel.stats
+m.toy(inputs, outputs)                                  # one trajectory: the per-trajectory kernel
+B = m.SOA_LANES
+big = BatchInputs.of(np.repeat(th, B, 0), np.full(B, 0.1), np.tile([[1.0, 2.0]], (B, 1)),
+                     steps=5, tail=2)
+big_out = BatchOutputs.empty(np, B, np.float64)
+m.toy(big, big_out)                                     # a full block: the lane-vectorised kernel
+s, v = m._toy_kernel.stats, m._SOA_KERNELS[(2, 2, False, False, False)].stats
 print(json.dumps({"hits": sum(s.cache_hits.values()), "misses": sum(s.cache_misses.values()),
-                  "loss": float(outputs.out[0, 0])}))
+                  "soa_hits": sum(v.cache_hits.values()), "soa_misses": sum(v.cache_misses.values()),
+                  "loss": float(outputs.out[0, 0]), "soa_loss": float(big_out.out[0, 0])}))
 """
 
 
 @pytest.mark.skipif(not has("numba"), reason="no numba")
-def test_numba_cache_reloads_across_processes_and_follows_the_trajectory_source(tmp_path):
-    """A copy of kernels/ (it imports nothing outside itself): a second process loads the toy
-    kernel from numba's cache without compiling; an edit of _trajectory.py makes the next process
-    compile afresh; importing never deletes cache files (a planted one survives)."""
+def test_numba_cache_reloads_across_processes_and_follows_the_kernel_sources(tmp_path):
+    """A copy of kernels/ (it imports nothing outside itself): a second process loads both toy
+    kernels from numba's cache without compiling; an edit of a private module that only the SoA
+    kernel inlines (``_vecmath.py``) makes the next process compile both afresh (they are keyed on
+    all private modules); importing never deletes cache files (a planted one survives)."""
     pkg = tmp_path / "kcopy"
     shutil.copytree(KERNEL_DIR, pkg, ignore=shutil.ignore_patterns("__pycache__"))
     (pkg / "__pycache__").mkdir()
@@ -452,11 +628,44 @@ def test_numba_cache_reloads_across_processes_and_follows_the_trajectory_source(
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     first, second = probe(), probe()
-    assert first["misses"] == 1 and first["hits"] == 0
-    assert second["hits"] == 1 and second["misses"] == 0
-    assert second["loss"] == first["loss"]      # the same machine code: bit-identical
-    with open(pkg / "_trajectory.py", "a") as f:
-        f.write("\n# an edit of the trajectory source\n")
+    assert (first["misses"], first["hits"], first["soa_misses"], first["soa_hits"]) == (1, 0, 1, 0)
+    assert (second["misses"], second["hits"], second["soa_misses"], second["soa_hits"]) == (0, 1, 0, 1)
+    assert second["loss"] == first["loss"] and second["soa_loss"] == first["soa_loss"]   # bit-identical
+    assert abs(first["soa_loss"] - first["loss"]) < 1e-14   # one trajectory, both kernels
+    with open(pkg / "_vecmath.py", "a") as f:
+        f.write("\n# an edit of a kernel source\n")
     third = probe()
-    assert third["misses"] == 1 and third["hits"] == 0
+    assert (third["misses"], third["hits"], third["soa_misses"], third["soa_hits"]) == (1, 0, 1, 0)
     assert planted.exists()
+
+
+@pytest.mark.skipif(not has("numba"), reason="no numba")
+def test_kernel_cache_key_covers_every_module_the_kernels_inline(tmp_path):
+    """The source hash in the kernels' names changes with an edit of any private module
+    (``_*.py``), and every module that numba_cpu and its private modules import from this package
+    is such a module (so the hash covers what the kernels inline, however the code is split)."""
+    import ast
+
+    from toymodel.kernels import numba_cpu as nc
+
+    pkg = tmp_path / "k"
+    shutil.copytree(KERNEL_DIR, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    base = nc._source_sha256(pkg)
+    assert base == nc._source_sha256(KERNEL_DIR) == nc._SOURCE_SHA
+    private = sorted(p.name for p in pkg.glob("_*.py"))
+    assert {"_trajectory.py", "_toy_step.py", "_tail.py", "_soa.py", "_vecmath.py"} <= set(private)
+    for name in private:
+        text = (pkg / name).read_text()
+        (pkg / name).write_text(text + "\n# edit\n")
+        assert nc._source_sha256(pkg) != base, name
+        (pkg / name).write_text(text)
+    assert nc._source_sha256(pkg) == base
+    seen, todo = set(), ["numba_cpu"]
+    while todo:
+        mod = todo.pop()
+        seen.add(mod)
+        for node in ast.walk(ast.parse((KERNEL_DIR / f"{mod}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                todo += [n for n in names if n not in seen]
+    assert seen - {"numba_cpu"} and all(m.startswith("_") for m in seen - {"numba_cpu"}), seen
