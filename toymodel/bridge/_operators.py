@@ -119,9 +119,11 @@ def _hvp_operator(loss_fn, params):
     return matvec
 
 
-def _ggn_quadratic(output_fn, loss_of_output, params):
-    r"""$v\mapsto v^\top Gv=(Jv)^\top H_f(Jv)$: one forward and two graph-building backwards now,
-    two backwards per call."""
+def _ggn_products(output_fn, loss_of_output, params):
+    r"""The GGN's building blocks at the current output: one forward and two graph-building
+    backwards now. Returns ``(out, jv_hjv)`` where ``jv_hjv(v)`` gives $(Jv, H_fJv)$ (two
+    backwards per call: double vjp for $Jv$, double backward through $\ell$ for $H_fJv$), or
+    ``None`` for a zero GGN ($J=0$, or a loss linear in the output: $H_f=0$)."""
     with torch.enable_grad():
         out = output_fn()
         if not isinstance(out, torch.Tensor):
@@ -135,42 +137,42 @@ def _ggn_quadratic(output_fn, loss_of_output, params):
         gz = torch.autograd.grad(_scalar(loss_of_output(z), "loss_of_output(output)"), z,
                                  create_graph=True)[0]
     live = [(i, t) for i, t in enumerate(jtu) if t is not None and t.requires_grad]
-    zero = out.new_zeros(())
+    if not live or not gz.requires_grad:
+        return out, None
 
-    def quad(v):
-        if not live or not gz.requires_grad:  # J = 0, or a loss linear in the output (H_f = 0)
-            return zero
+    def jv_hjv(v):
         with torch.enable_grad():
             jv = torch.autograd.grad(_dot(live, _split(v, params)), u, retain_graph=True)[0]
             hjv = torch.autograd.grad(gz, z, grad_outputs=jv, retain_graph=True)[0]
+        return jv, hjv
+
+    return out, jv_hjv
+
+
+def _ggn_quadratic(output_fn, loss_of_output, params):
+    r"""$v\mapsto v^\top Gv=(Jv)^\top H_f(Jv)$ (`_ggn_products`)."""
+    out, jv_hjv = _ggn_products(output_fn, loss_of_output, params)
+    zero = out.new_zeros(())
+
+    def quad(v):
+        if jv_hjv is None:
+            return zero
+        jv, hjv = jv_hjv(v)
         return (jv * hjv).sum()
 
     return quad
 
 
 def _ggn_operator(output_fn, loss_of_output, params):
-    r"""$v\mapsto Gv=J^\top H_f(Jv)$ on flat vectors (double vjp for $Jv$, double backward for
-    $H_fJv$, one more vjp for $J^\top$): the matrix-vector form Hutch++ needs."""
-    with torch.enable_grad():
-        out = output_fn()
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"output_fn() must return a torch.Tensor, got {type(out).__name__}")
-        if not out.is_floating_point() or not out.requires_grad:
-            raise ValueError("output_fn() must return a floating tensor that requires grad (got "
-                             f"dtype {out.dtype}, requires_grad={out.requires_grad})")
-        u = torch.zeros_like(out, requires_grad=True)
-        jtu = torch.autograd.grad(out, params, grad_outputs=u, create_graph=True, allow_unused=True)
-        z = out.detach().requires_grad_(True)
-        gz = torch.autograd.grad(_scalar(loss_of_output(z), "loss_of_output(output)"), z,
-                                 create_graph=True)[0]
-    live = [(i, t) for i, t in enumerate(jtu) if t is not None and t.requires_grad]
+    r"""$v\mapsto Gv=J^\top H_f(Jv)$ on flat vectors (`_ggn_products`, then one more vjp for
+    $J^\top$): the matrix-vector form Hutch++ needs."""
+    out, jv_hjv = _ggn_products(output_fn, loss_of_output, params)
 
     def matvec(v):
-        if not live or not gz.requires_grad:  # J = 0, or a loss linear in the output (H_f = 0)
+        if jv_hjv is None:
             return torch.zeros_like(v)
+        _, hjv = jv_hjv(v)
         with torch.enable_grad():
-            jv = torch.autograd.grad(_dot(live, _split(v, params)), u, retain_graph=True)[0]
-            hjv = torch.autograd.grad(gz, z, grad_outputs=jv, retain_graph=True)[0]
             gv = torch.autograd.grad(out, params, grad_outputs=hjv, retain_graph=True,
                                      allow_unused=True)
         return _flat(gv, params)
