@@ -81,6 +81,16 @@ def write_figure(name: str, compute, plot, out_dir, quick: bool, backend: str = 
     return paths
 
 
+def write_figure_and_dataset(name: str, compute, plot, out_dir, quick: bool) -> list[Path]:
+    """`write_figure` for a figure whose data are also a labelled dataset: ``compute(quick, keep)``
+    puts it in ``keep["nc"]``, written beside the ``.npz`` as ``name.nc`` (the network figures)."""
+    keep = {}
+    paths = write_figure(name, lambda q: compute(q, keep), plot, out_dir, quick)
+    nc = out_path(out_dir) / f"{name}.nc"
+    keep["nc"].to_netcdf(nc)
+    return paths[:1] + [nc] + paths[1:]
+
+
 def script(main, caption: str) -> None:
     """Run a figure module as a script: ``python figures/figNN_x.py [--out DIR] [--quick]``."""
     import argparse

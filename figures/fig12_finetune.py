@@ -101,11 +101,7 @@ def plot(data, params):
 
 def main(out_dir, quick=False):
     """Compute, save ``fig12_finetune.{npz,nc,png,pdf}``; returns the paths."""
-    keep = {}
-    paths = C.write_figure(NAME, lambda q: compute(q, keep), plot, out_dir, quick)
-    nc = C.out_path(out_dir) / f"{NAME}.nc"
-    keep["nc"].to_netcdf(nc)
-    return paths[:1] + [nc] + paths[1:]
+    return C.write_figure_and_dataset(NAME, compute, plot, out_dir, quick)
 
 
 if __name__ == "__main__":
