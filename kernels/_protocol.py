@@ -21,10 +21,14 @@ import numpy as np
 
 from ._trajectory import N_OUT
 
-__all__ = ["ENTRY_POINTS", "N_OUT", "BatchInputs", "BatchOutputs", "array_module"]
+__all__ = ["ENTRY_POINTS", "MODE_ENTRY_POINTS", "N_OUT", "BatchInputs", "BatchOutputs", "array_module"]
 
 #: the names every kernel module exports.
 ENTRY_POINTS = ("toy", "rayleigh", "is_available")
+#: entry points of the other training modes, each exported by the modules that have a kernel for it
+#: (``toymodel.backend.MODE_ENTRY``): ``toy_wd`` (conventional training with weight decay, no
+#: projection) and ``toy_momentum`` (heavy-ball momentum / Adam at a fixed ELR).
+MODE_ENTRY_POINTS = ("toy_wd", "toy_momentum")
 
 
 class BatchInputs(NamedTuple):

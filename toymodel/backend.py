@@ -207,3 +207,95 @@ def _run_kernel(name, problem, theta0, elr, steps, tail, constraint, alphas, twi
     res = {nm: outputs.out[j] for j, nm in enumerate(dynamics.SUMMARY_NAMES)}
     res.update(status=outputs.status, bad_step=outputs.bad_step, theta_final=inputs.theta)
     return res
+
+
+# -- the other training modes: conventional training (weight decay) and momentum / Adam -------------
+#: the kernel entry point of each mode (a kernel module without it has no kernel for that mode).
+MODE_ENTRY = {"wd": "toy_wd", "momentum": "toy_momentum"}
+
+
+def _mode_backend(backend, mode, problem, *arrays) -> str:
+    """`resolve` for a mode: ``"auto"`` picks a kernel only where the module has the mode's entry."""
+    name = resolve(backend, *arrays, problem=problem)
+    if name == "numpy":
+        return name
+    if not isinstance(problem, SphereToy):
+        raise ValueError(f"backend={name!r} has {mode} kernels for SphereToy only, got "  # noqa: TRY004 (as summarize)
+                         f"{type(problem).__name__}; use backend='numpy'")
+    if not hasattr(_kernel_module(name), MODE_ENTRY[mode]):
+        if backend == "auto":
+            return "numpy"
+        raise BackendUnavailable(f"backend={name!r} has no kernel for the {mode} mode; use "
+                                 "backend='numpy'")
+    return name
+
+
+def _mode_inputs(xp, problem, theta0, params, alphas):
+    """``theta`` ``(B, n, d)`` (a C-contiguous copy of a kernel dtype), each of ``params`` as a
+    ``(B,)`` array and ``alphas`` ``(B, n)`` of the same dtype."""
+    theta, first, al, _ = _kernel_inputs(xp, problem, theta0, params[0], alphas, None)
+    rest = [xp.array(xp.broadcast_to(xp.asarray(p, dtype=theta.dtype), (theta.shape[0],)),
+                     copy=True, order="C") for p in params[1:]]
+    return theta, [first] + rest, al
+
+
+def summarize_wd(problem, theta0, lr, weight_decay, *, steps, tail, alphas=None, backend="auto"):
+    r"""Summaries of ``B`` conventional runs (weight decay, no projection; T20), contract:
+    `toymodel.conventional.summarize_wd_batch` (the same keys, plus ``backend``).
+
+    ``theta0`` ``(B, n, d)`` as given (its norm matters), ``lr`` and ``weight_decay`` ``(B,)`` or
+    broadcasting, with ``lr*weight_decay < 1``; ``alphas`` ``(B, n)`` or ``None``. The kernels
+    (``"numba"``, ``"cuda"``) equal the specification to 1e-12 in float64 (tests/test_kernels_wd.py).
+    """
+    name = _mode_backend(backend, "wd", problem, theta0)
+    steps = positive_int("steps", steps)
+    tail = positive_int("tail", tail)
+    if tail > steps:
+        raise ValueError(f"tail must be an integer in [1, steps={steps}], got {tail}")
+    if name == "numpy":
+        from .conventional import summarize_wd_batch
+
+        theta0 = np.asarray(theta0)
+        lr, weight_decay = (np.broadcast_to(np.asarray(v, dtype=theta0.dtype), theta0.shape[:1])
+                            for v in (lr, weight_decay))
+        res = summarize_wd_batch(problem, theta0, lr, weight_decay, steps=steps, tail=tail,
+                                 alphas=alphas)
+    else:
+        xp = _xp(name)
+        theta, (lr_, wd_), al = _mode_inputs(xp, problem, theta0, (lr, weight_decay), alphas)
+        res = getattr(_kernel_module(name), MODE_ENTRY["wd"])(theta, lr_, wd_, al, steps, tail)
+    res["backend"] = name
+    return res
+
+
+def summarize_momentum(problem, theta0, elr, momentum, *, steps, tail, momentum_mode="official",
+                       constraint="total", alphas=None, optimizer="heavy_ball", beta2=0.999,
+                       eps=1e-3, backend="auto"):
+    r"""Summaries of ``B`` momentum / Adam runs at a fixed ELR (T41–T48), contract:
+    `toymodel.momentum.summarize_momentum_batch` (the same keys, plus ``backend``).
+
+    ``theta0`` ``(B, n, d)`` on the constraint set, ``elr`` and ``momentum`` ``(B,)`` or
+    broadcasting; ``momentum_mode`` ``"official"`` or ``"transport"``; ``optimizer``
+    ``"heavy_ball"`` or ``"adam"`` (with ``beta2``, ``eps``). The kernels equal the specification
+    to 1e-12 in float64 (tests/test_kernels_momentum.py).
+    """
+    name = _mode_backend(backend, "momentum", problem, theta0)
+    steps = positive_int("steps", steps)
+    tail = positive_int("tail", tail)
+    if tail > steps:
+        raise ValueError(f"tail must be an integer in [1, steps={steps}], got {tail}")
+    constraint = constraint_name(constraint)
+    if name == "numpy":
+        from ._momentum_batch import summarize_momentum_batch
+
+        res = summarize_momentum_batch(problem, theta0, elr, momentum, steps=steps, tail=tail,
+                                       momentum_mode=momentum_mode, constraint=constraint,
+                                       alphas=alphas, optimizer=optimizer, beta2=beta2, eps=eps)
+    else:
+        xp = _xp(name)
+        theta, (elr_, beta_), al = _mode_inputs(xp, problem, theta0, (elr, momentum), alphas)
+        res = getattr(_kernel_module(name), MODE_ENTRY["momentum"])(
+            theta, elr_, beta_, al, steps, tail, momentum_mode, constraint == "individual",
+            optimizer, beta2, eps)
+    res["backend"] = name
+    return res
