@@ -15,7 +15,13 @@ import numpy as np
 
 #: the option each scan argument comes from, for messages (`toymodel._scan_plan._plan`)
 _NAMES = {"elrs": "--elrs", "seeds": "--seeds", "steps": "--steps", "tail": "--tail", "dim": "--dim",
-          "chunk_size": "--chunk-size", "backend": "--backend", "store": "--out NAME.zarr"}
+          "chunk_size": "--chunk-size", "backend": "--backend", "store": "--out NAME.zarr",
+          "momentum": "--momentum", "momentum_mode": "--momentum-mode", "optimizer": "--optimizer",
+          "beta2": "--beta2", "eps": "--eps", "lr": "--lr", "weight_decay": "--wd",
+          "lyapunov": "--lyapunov"}
+#: the library's defaults of the optimizer's settings (the CLI leaves them unset unless given)
+_OPTIMIZER_DEFAULTS = {"momentum_mode": "official", "optimizer": "heavy_ball", "beta2": 0.999,
+                       "eps": 1e-3}
 #: defaults applied here, so that a message can say a value is a default the user never gave
 _DEFAULTS = {"seeds": "4", "steps": 20000, "tail": 2000}
 #: starts per c of the orbit envelope the summary compares tail losses with (`loss_agreement`):
@@ -90,10 +96,14 @@ def _cmd_scan(args) -> int:
 
     if args.verify is not None:
         return _cmd_verify(args.verify)
-    missing = [opt for opt, v in (("--alphas", args.alphas), ("--elrs", args.elrs)) if v is None]
+    wd_mode = args.constraint == "none"
+    need = [("--alphas", args.alphas)] + ([("--lr", args.lr), ("--wd", args.wd)] if wd_mode
+                                          else [("--elrs", args.elrs)])
+    missing = [opt for opt, v in need if v is None]
     if missing:
         raise ValueError(f"the following arguments are required: {', '.join(missing)} "
-                         f"(or --verify STORE to check a store)")
+                         f"({'--constraint none takes --lr and --wd; ' if wd_mode else ''}"
+                         f"or --verify STORE to check a store)")
     defaults = {k for k in _DEFAULTS if getattr(args, k) is None}
     for k in defaults:
         setattr(args, k, _DEFAULTS[k])
@@ -108,7 +118,10 @@ def _cmd_scan(args) -> int:
     plan = _plan(configs, args.elrs, _seeds_arg(args.seeds), steps=args.steps, tail=args.tail,
                  constraint=args.constraint, backend=args.backend, dtype=args.dtype,
                  lyapunov=args.lyapunov, chunk_size=args.chunk_size, dim=args.dim,
-                 names=_NAMES, defaults=defaults)
+                 names=_NAMES, defaults=defaults, momentum=args.momentum, lr=args.lr,
+                 weight_decay=args.wd,
+                 **{k: d if getattr(args, k) is None else getattr(args, k)
+                    for k, d in _OPTIMIZER_DEFAULTS.items()})
     try:
         with _warnings_as_lines("scan"):
             ds = _run(plan, store=store, client=args.scheduler, progress_bar=args.progress,
@@ -120,7 +133,12 @@ def _cmd_scan(args) -> int:
         return 130
     except ConnectionError as err:  # an unreachable scheduler: refused before any work
         raise ValueError(str(err)) from None
-    _print_summary(decode_regime(ds), agreement)  # it counts labels (76 B per cell while it runs)
+    if plan.spec.mode == "momentum":
+        _print_momentum_summary(ds)
+    elif plan.spec.mode == "wd":
+        _print_wd_summary(ds)
+    else:
+        _print_summary(decode_regime(ds), agreement)  # it counts labels (76 B per cell while it runs)
     if out is not None:
         print(f"saved {args.out}")
     return 0
@@ -149,6 +167,79 @@ def _print_summary(ds, agreement) -> None:
               f"predict_regime {fmt(float(a))} over {int(a['compared'])} cells{left_text} (excluding "
               f"+-5% around the convergence boundary {boundary[j]:.4g}: {fmt(agree5[j])})")
     _print_loss_agreement(ds)
+
+
+def _header(ds, dims, words) -> None:
+    n = int(np.prod([ds.sizes[d] for d in dims]))
+    sizes = " x ".join(f"{ds.sizes[d]} {w}" for d, w in zip(dims, words))
+    print(f"{n} cells ({sizes}), backend {ds.attrs.get('backend')}, dtype {ds.attrs.get('dtype')}")
+
+
+def _regime_counts(codes) -> str:
+    from . import regimes
+
+    labels, counts = np.unique(regimes.decode(codes[codes != regimes.NOT_COMPUTED]), return_counts=True)
+    return ", ".join(f"{lab} {c}" for lab, c in zip(labels, counts))
+
+
+def _alphas_text(sub) -> str:
+    a = sub["alphas"].values
+    return str(a[np.isfinite(a)].tolist())
+
+
+def _print_momentum_summary(ds) -> None:
+    """What applies to a momentum scan: no theory predicts its regimes (predict_regime is T10's), so
+    per momentum the fraction of converged cells, the largest ELR with a converged seed, and the
+    naive threshold, an upper bound on it (docs/momentum.md T43, T44, T46)."""
+    _header(ds, ("elr", "momentum", "config", "seed"), ("ELRs", "momenta", "configs", "seeds"))
+    print(f"optimizer {ds.attrs.get('optimizer')}, momentum mode {ds.attrs.get('momentum_mode')}, "
+          f"{ds.attrs.get('constraint')} constraint; converged: tail loss < 1e-10 and final shares "
+          f"linearly stable (no prediction of the boundary is made: the naive threshold is an "
+          f"upper bound)")
+    for j in range(ds.sizes["config"]):
+        sub = ds.isel(config=j)
+        print(f"config {j} alphas={_alphas_text(sub)}: {_regime_counts(sub['regime'].values)}")
+        conv = sub["converged"].transpose("momentum", "elr", "seed").values
+        elrs = sub["elr"].values
+        for i, beta in enumerate(sub["momentum"].values.tolist()):
+            c = conv[i] == 1
+            top = elrs[c.any(-1)].max() if c.any() else float("nan")
+            print(f"  momentum {beta:g}: converged {int(c.sum())} of {c.size} cells "
+                  f"({c.mean():.3f}); largest ELR with a converged seed {top:.4g}; naive threshold "
+                  f"{float(sub['naive_threshold'].values[i]):.4g} (an upper bound)")
+
+
+#: periodic (lr, weight_decay) pairs the summary lists by name before it only counts the rest
+_LIST_PERIODIC = 10
+
+
+def _print_wd_summary(ds) -> None:
+    """What applies to a weight-decay scan: the tail loss against the stationary loss
+    lr*wd*sum(alpha)/2 (T21; runs orbit it 2-8% above, T25) and the periodic cells with their
+    period (T26)."""
+    from . import regimes
+
+    _header(ds, ("lr", "weight_decay", "config", "seed"), ("lrs", "weight decays", "configs", "seeds"))
+    periodic_code = regimes.REGIME_CODES[regimes.PERIODIC]
+    for j in range(ds.sizes["config"]):
+        sub = ds.isel(config=j)
+        print(f"config {j} alphas={_alphas_text(sub)}: {_regime_counts(sub['regime'].values)}")
+        ratio = (sub["tail_loss"] / sub["equilibrium_loss"]).values
+        ok = np.isfinite(ratio)
+        if ok.any():
+            print(f"  tail loss / (lr*wd*sum(alpha)/2) (T21): median {np.median(ratio[ok]):.4f} over "
+                  f"{int(ok.sum())} cells with wd > 0 (range {ratio[ok].min():.4g} to "
+                  f"{ratio[ok].max():.4g}); T25: 2-8% above in the periodic regime")
+        per = sub["regime"].transpose("lr", "weight_decay", "seed").values == periodic_code
+        period = sub["period"].transpose("lr", "weight_decay", "seed").values
+        pairs = list(zip(*np.nonzero(per.any(-1))))
+        print(f"  periodic: {int(per.sum())} of {per.size} cells, at {len(pairs)} (lr, wd) pairs")
+        for il, iw in pairs[:_LIST_PERIODIC]:
+            print(f"    lr {float(sub['lr'][il]):.4g}, wd {float(sub['weight_decay'][iw]):.4g}: "
+                  f"{int(per[il, iw].sum())} of {per.shape[-1]} seeds, period (steps between "
+                  f"spikes of the total loss) median {np.median(period[il, iw][per[il, iw]]):.4g}")
+        if len(pairs) > _LIST_PERIODIC:
+            print(f"    ... and {len(pairs) - _LIST_PERIODIC} more pairs")
 
 
 def _print_loss_agreement(ds) -> None:
@@ -195,7 +286,8 @@ def register(sub) -> None:
     """Add ``scan`` and ``plot-scan`` to the ``toymodel`` command line."""
     from .backend import BACKENDS
 
-    p = sub.add_parser("scan", help="phase-diagram scan over ELR x configuration x seed",
+    p = sub.add_parser("scan", help="phase-diagram scan over ELR (x momentum, or lr x weight decay) "
+                                    "x configuration x seed",
                        description="Run every (ELR, configuration, seed) cell and store the "
                                    "summaries; re-running the same command resumes an "
                                    "interrupted .zarr store.")
@@ -210,7 +302,24 @@ def register(sub) -> None:
     p.add_argument("--tail", type=int, default=None,
                    help="steps the summaries average over, at most --steps (default 2000)")
     p.add_argument("--dim", type=int, default=2, help="dimension d of each group (default 2)")
-    p.add_argument("--constraint", choices=("total", "individual"), default="total")
+    p.add_argument("--constraint", choices=("total", "individual", "none"), default="total",
+                   help="'none': conventional training, GD with weight decay over --lr x --wd")
+    p.add_argument("--momentum", default=None,
+                   help="momenta in [0, 1): a comma list (e.g. 0,0.5,0.9) or 'a:b:N' (log-spaced): "
+                        "a heavy-ball (or Adam beta1) axis at each fixed ELR")
+    p.add_argument("--momentum-mode", choices=("official", "transport"), default=None,
+                   help="the buffer after the rescale: left as is (official, the default) or "
+                        "transported (with --momentum)")
+    p.add_argument("--optimizer", choices=("heavy_ball", "adam"), default=None,
+                   help="heavy_ball (default) or adam, whose beta1 is --momentum")
+    p.add_argument("--beta2", type=float, default=None, help="Adam's beta2 in [0, 1) (default 0.999)")
+    p.add_argument("--eps", type=float, default=None,
+                   help="Adam's epsilon on the unit sphere, > 0 (default 1e-3)")
+    p.add_argument("--lr", default=None,
+                   help="learning rates for --constraint none: 'a:b:N' (log-spaced) or a comma list")
+    p.add_argument("--wd", default=None,
+                   help="weight decays >= 0 for --constraint none: 'a:b:N' or a comma list; every "
+                        "lr*wd must be below 1")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     p.add_argument("--out", default=None, help="a .zarr store (written chunk by chunk, resumable) "

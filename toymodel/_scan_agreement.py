@@ -13,8 +13,22 @@ from __future__ import annotations
 import numpy as np
 
 from . import census, regimes
+from ._scan_modes import scan_mode
 
 _CELL = ("elr", "config", "seed")
+
+
+def _fixed_elr_only(ds, what: str) -> None:
+    """Refuse a momentum or weight-decay scan: the theory these statistics compare with (T10, T12)
+    is that of fixed-ELR projected GD, and those datasets carry no ``predicted_regime``."""
+    mode = scan_mode(ds)
+    if mode != "elr":
+        apply = {"momentum": "the fraction of converged cells (ds.converged) against "
+                             "naive_threshold, an upper bound (docs/momentum.md T43, T44)",
+                 "wd": "tail_loss against equilibrium_loss (T21, T25) and the periodic cells with "
+                       "their period (T26)"}.get(mode, "nothing")
+        raise ValueError(f"{what} compares with theory.predict_regime, which applies to fixed-ELR "
+                         f"scans only; this is a {mode!r} scan: compare {apply} instead")
 
 
 class Agreement(float):
@@ -48,6 +62,7 @@ def agreement(ds, window: float = 0.0, by_config: bool = False):
     ``invalid``, ``in_window``), or with ``by_config=True`` a DataArray over ``config`` with
     those counts as coordinates (NaN where no cell is compared).
     """
+    _fixed_elr_only(ds, "agreement")
     window = float(window)
     if not (0.0 <= window < 1.0):
         raise ValueError(f"window must be in [0, 1), got {window!r}")
@@ -82,6 +97,7 @@ def _codes(da):
 def convergence_boundary(ds):
     r"""Per configuration, the ELR where the theory's convergence stops: $1/\sum\alpha_i$
     (total constraint, T12) or $1/(n\max\alpha_i)$ (individual constraint, §3)."""
+    _fixed_elr_only(ds, "convergence_boundary")
     if ds.attrs.get("constraint", "total") == "individual":
         return 1.0 / (ds["n_groups"] * ds["alphas"].max("group"))
     return ds["total_threshold"]
@@ -166,6 +182,7 @@ def loss_agreement(ds, seeds: int = 128, *, backend: str = "auto"):
         If the scan has no equilibrium cell of a toy under the total constraint, or every one is
         left out.
     """
+    _fixed_elr_only(ds, "loss_agreement")
     keep, unresolved, invalid = _loss_cells(ds)
     if not (keep | unresolved | invalid).any():
         raise ValueError(f"no equilibrium cell to compare: loss_agreement needs a SphereToy scan "

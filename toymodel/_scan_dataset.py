@@ -20,9 +20,9 @@ import json
 
 import numpy as np
 
-from . import dynamics, regimes, theory
+from . import dynamics, momentum_theory, periodic, regimes, theory, theory_wd
 from ._scan_chunk import FILLS
-from ._scan_plan import CELL_DIMS, FORMAT, ScanPlan, problem_record
+from ._scan_plan import FORMAT, ScanPlan, problem_record
 from ._version import __version__
 from .problems import SphereToy
 
@@ -51,14 +51,31 @@ def _equilibrium_loss(elrs, alphas) -> np.ndarray:
         return np.where(elrs * total > 1.0, 0.5 * (total - 1.0 / elrs), 0.0)
 
 
-def _static_vars(plan: ScanPlan) -> dict:
-    """Per-config and per-(elr, config) variables: inputs and the theory's predictions, computed
-    for all ELRs of a configuration at once."""
+def _config_vars(plan: ScanPlan) -> dict:
+    """Per-configuration inputs, in every mode."""
     C = len(plan.configs)
-    G = max(p.alphas.size for p in plan.configs)
-    alphas = np.full((C, G), np.nan)
+    alphas = np.full((C, max(p.alphas.size for p in plan.configs)), np.nan)
     for j, p in enumerate(plan.configs):
         alphas[j, :p.alphas.size] = p.alphas
+    return {
+        "alphas": (("config", "group"), alphas,
+                   {"long_name": "curvatures alpha_i (NaN-padded to the largest group count)"}),
+        "n_groups": (("config",), np.array([p.n_groups for p in plan.configs], np.int64), {}),
+        "dim": (("config",), np.array([p.dim for p in plan.configs], np.int64), {}),
+        "problem": (("config",), np.array([p.kind for p in plan.configs], dtype="<U16"), {}),
+        "random_loss": (("config",), np.array([p.random_loss() for p in plan.configs]),
+                        {"long_name": "random level: loss of a scrambled direction"}),
+    }
+
+
+def _static_vars(plan: ScanPlan) -> dict:
+    """Per-config and per-(parameters, config) variables: inputs and the theory's predictions,
+    computed for all ELRs of a configuration at once."""
+    if plan.spec.mode == "momentum":
+        return {**_config_vars(plan), **_momentum_vars(plan)}
+    if plan.spec.mode == "wd":
+        return {**_config_vars(plan), **_wd_vars(plan)}
+    C = len(plan.configs)
     E = plan.elrs.size
     constraint = plan.spec.constraint
     eq = np.full((E, C), np.nan)
@@ -69,13 +86,7 @@ def _static_vars(plan: ScanPlan) -> dict:
         if isinstance(p, SphereToy) and constraint == "total":
             eq[:, j] = _equilibrium_loss(elrs, p.alphas)
     return {
-        "alphas": (("config", "group"), alphas,
-                   {"long_name": "curvatures alpha_i (NaN-padded to the largest group count)"}),
-        "n_groups": (("config",), np.array([p.n_groups for p in plan.configs], np.int64), {}),
-        "dim": (("config",), np.array([p.dim for p in plan.configs], np.int64), {}),
-        "problem": (("config",), np.array([p.kind for p in plan.configs], dtype="<U16"), {}),
-        "random_loss": (("config",), np.array([p.random_loss() for p in plan.configs]),
-                        {"long_name": "random level: loss of a scrambled direction"}),
+        **_config_vars(plan),
         "total_threshold": (("config",), np.array([theory.total_threshold(p.alphas) for p in plan.configs]),
                             {"long_name": "1/sum(alpha) (T10, T12)"}),
         "divergence_threshold": (("config",),
@@ -88,6 +99,52 @@ def _static_vars(plan: ScanPlan) -> dict:
                              {"long_name": "theory.predict_regime (T10, T12), a regime code",
                               **regimes.flag_attrs()}),
     }
+
+
+def _momentum_vars(plan: ScanPlan) -> dict:
+    r"""``naive_threshold`` per (momentum, config): the linear-stability bound of the minimum, an
+    upper bound on every convergent ELR, *not* the boundary (docs/momentum.md T43, T44, T46)."""
+    spec = plan.spec
+    betas = dict(plan.axes)["momentum"]
+    naive = np.full((betas.size, len(plan.configs)), np.nan)
+    for j, p in enumerate(plan.configs):
+        for i, b in enumerate(betas.tolist()):
+            if spec.optimizer == "adam":  # T46: the frozen-preconditioner heavy ball, total budget
+                if spec.constraint == "total":
+                    naive[i, j] = momentum_theory.adam_eps_threshold(p.alphas, (b, spec.beta2),
+                                                                     spec.eps, p.dim)
+            elif spec.constraint == "total":  # T43 with the budget T8
+                naive[i, j] = momentum_theory.naive_total_threshold(p.alphas, b)
+            else:  # every individual ELR is n * elr (§3): each group below its limit (T43)
+                naive[i, j] = momentum_theory.heavy_ball_group_thresholds(p.alphas, b).min() / p.n_groups
+    what = {"heavy_ball": "(1+beta)/sum(alpha) (T43; individual constraint: (1+beta)/(n max alpha))",
+            "adam": "(1+beta1) eps/(sqrt(d) (1-beta1) sum(alpha)) (T46; total constraint only, NaN "
+                    "otherwise)"}[spec.optimizer]
+    return {"naive_threshold": (("momentum", "config"), naive,
+                                {"long_name": f"naive linear-stability threshold of the ELR, {what}: "
+                                              f"an upper bound on convergent ELRs, not the boundary "
+                                              f"(docs/momentum.md T44)"})}
+
+
+def _wd_vars(plan: ScanPlan) -> dict:
+    r"""Per (lr, weight_decay, config): the stationary point of T21, $L=\eta\lambda\sum\alpha/2$
+    and $\tilde\eta=1/((1-\eta\lambda)\sum\alpha)$ (NaN at $\lambda=0$: no stationary norm)."""
+    ax = dict(plan.axes)
+    lrs, wds = ax["lr"], ax["weight_decay"]
+    shape = (lrs.size, wds.size, len(plan.configs))
+    loss, elr = np.full(shape, np.nan), np.full(shape, np.nan)
+    for j, p in enumerate(plan.configs):
+        for i, lr in enumerate(lrs.tolist()):
+            for k, wd in enumerate(wds.tolist()):
+                if wd > 0:
+                    loss[i, k, j] = theory_wd.wd_equilibrium_loss(lr, wd, p.alphas)
+                    elr[i, k, j] = theory_wd.wd_equilibrium_elr(lr, wd, p.alphas)
+    dims = ("lr", "weight_decay", "config")
+    return {"equilibrium_loss": (dims, loss, {"long_name": "lr*weight_decay*sum(alpha)/2, the loss "
+                                              "at the stationary point (T21); runs orbit it, 2-8% "
+                                              "above (T25); NaN at weight_decay 0"}),
+            "equilibrium_elr": (dims, elr, {"long_name": "1/((1-lr*weight_decay) sum(alpha)), the "
+                                            "effective ELR at the stationary point (T21)"})}
 
 
 def _attrs(plan: ScanPlan) -> dict:
@@ -112,7 +169,43 @@ def _attrs(plan: ScanPlan) -> dict:
         "chunks": json.dumps(list(plan.chunks)),
         "plan_hash": plan.digest(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **_mode_attrs(plan),
     }
+
+
+#: the title of each mode's dataset.
+_TITLES = {"elr": "toymodel fixed-ELR phase-diagram scan",
+           "momentum": "toymodel momentum phase-diagram scan (fixed ELR, heavy ball or Adam)",
+           "wd": "toymodel conventional-training scan (weight decay, no projection)"}
+
+
+#: what the per-cell variables of the other modes mean (fixed-ELR ones: docs/scans.md).
+_CELL_ATTRS = {
+    "converged": {"long_name": "1 where the run converged: tail loss below 1e-10 and final_stability "
+                               "< 1 (toymodel.momentum.converged); -1 not computed yet"},
+    "converged_exactly": {"long_name": "1 where the final gradient is exactly 0 (the float64 floor "
+                                       "of the periodic regime, docs/conventional.md T26)"},
+    "period": {"long_name": "mean interval between the spikes of the total loss in the tail, "
+                            "(last_spike - first_spike)/(n_spikes - 1), NaN with fewer than 2"},
+    "group_period": {"long_name": "the same per group (toymodel.periodic.group_periods)"},
+    "tail_elr": {"long_name": "tail mean of the effective ELR lr/((1-lr*weight_decay)|theta|^2) (T20)"},
+}
+
+
+def _mode_attrs(plan: ScanPlan) -> dict:
+    """The mode and its settings (none for a fixed-ELR scan: its attributes are those it always had)."""
+    spec = plan.spec
+    if spec.mode == "elr":
+        return {}
+    out = {"title": _TITLES[spec.mode], "mode": spec.mode}
+    if spec.mode == "momentum":
+        out.update(momentum_mode=spec.momentum_mode, optimizer=spec.optimizer, beta2=spec.beta2,
+                   eps=spec.eps)
+    else:
+        out["classifier_periodic"] = json.dumps({"min_spikes": periodic.MIN_SPIKES,
+                                                 "spike_frac": periodic.SPIKE_FRAC,
+                                                 "low": "conv_rtol x random level"})
+    return out
 
 
 def template(plan: ScanPlan, lazy: bool = True):
@@ -120,17 +213,18 @@ def template(plan: ScanPlan, lazy: bool = True):
     values (a zero-memory broadcast when ``lazy``), coordinates, predictions and attrs are final."""
     import xarray as xr
 
-    shape = plan.shape
+    G = max(p.alphas.size for p in plan.configs)
     data = {}
     for name, dt in plan.cell_vars().items():
+        shape = plan.shape + ((G,) if name in plan.spec.group_vars() else ())
         fill = np.array(np.nan if dt.kind == "f" else FILLS[name], dtype=dt)
         arr = np.broadcast_to(fill, shape) if lazy else np.full(shape, fill, dtype=dt)
-        data[name] = (CELL_DIMS, arr)
+        data[name] = (plan.var_dims(name), arr, _CELL_ATTRS.get(name, {}))
     for name, (dims, arr, attrs) in _static_vars(plan).items():
         data[name] = (dims, arr, attrs)
-    ds = xr.Dataset(data, coords={"elr": plan.elrs, "config": np.arange(len(plan.configs)),
-                                  "seed": plan.seeds,
-                                  "group": np.arange(max(p.alphas.size for p in plan.configs))})
+    coords = {name: values for name, values in plan.axes}
+    coords.update(config=np.arange(len(plan.configs)), seed=plan.seeds, group=np.arange(G))
+    ds = xr.Dataset(data, coords=coords)
     ds["status"].attrs["flag_meanings"] = json.dumps({"0": "ok", **{str(k): v for k, v in
                                                                    dynamics.INVALID_REASONS.items()}})
     ds["regime"].attrs.update(long_name="observed regime (toymodel.regimes.classify_codes), a code; "

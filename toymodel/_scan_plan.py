@@ -1,7 +1,8 @@
 """The plan of a scan: its grid, its chunks, and every refusal made before any work.
 
-Owns `ScanPlan` (configurations × ELRs × seeds, one `CellSpec`, the chunk shape: everything
-that determines the bits of a scan), the chunking rule `plan_chunks`, the limits
+Owns `ScanPlan` (the leading parameter axes of the mode — ELRs; ELRs × momenta; learning rates
+× weight decays, `toymodel._scan_modes` — × configurations × seeds, one `CellSpec`, the chunk
+shape: everything that determines the bits of a scan), the chunking rule `plan_chunks`, the limits
 (`MAX_ELEMENT_STEPS`, `MAX_ELR_CONFIG_PAIRS`, `MAX_STORE_CHUNKS`, memory) and `_plan`, which
 turns the arguments of `toymodel.scan.scan` into a validated plan without allocating the grid
 first. NumPy only.
@@ -14,14 +15,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import regimes
+from . import periodic, regimes
 from ._grids import elr_spec, seed_spec
+from ._momentum_checks import CONVERGED_LOSS
 from ._scan_chunk import CellSpec, ChunkTask
+from ._scan_modes import (
+    PARAM_KEYS,
+    check_decay_grid,
+    nonnegative_spec,
+    unit_interval_spec,
+)
 from ._validate import memory_limit, positive_int
 from ._version import __version__
 from .problems import RayleighToy, SphereToy, _Problem
 
-#: the dimensions of every per-cell variable, in this order.
+#: the dimensions of every per-cell variable of a fixed-ELR scan, in this order (other modes:
+#: `ScanPlan.cell_dims`).
 CELL_DIMS = ("elr", "config", "seed")
 #: the layout of a scan's dataset and store; 2: ``regime`` and ``predicted_regime`` are int8 codes
 #: (`toymodel.regimes.REGIME_CODES`) and no reason is stored (format 1: strings, ``regime_reason``).
@@ -77,17 +86,42 @@ def problem_record(p) -> dict:
 # -- the plan -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ScanPlan:
-    """Everything that determines the bits of a scan, and the chunk grid."""
+    """Everything that determines the bits of a scan, and the chunk grid.
+
+    ``axes`` are the leading parameter dimensions, ``((name, values), ...)`` in the order of
+    `toymodel._scan_modes.AXES` for ``spec.mode``; they default to ``(("elr", elrs),)``, the
+    fixed-ELR scan. ``elrs`` is the ELR axis (``None`` in the weight-decay mode); ``chunks`` has
+    one size per dimension of `cell_dims`."""
 
     configs: tuple
     elrs: np.ndarray
     seeds: np.ndarray
     spec: CellSpec
-    chunks: tuple  # (ce, cc, cs)
+    chunks: tuple  # (*axes, config, seed)
+    axes: tuple = ()
+
+    def __post_init__(self):
+        if not self.axes:
+            object.__setattr__(self, "axes", (("elr", self.elrs),))
+
+    @property
+    def cell_dims(self) -> tuple:
+        """The dimensions of every per-cell variable: the axes, ``config``, ``seed``."""
+        return tuple(name for name, _ in self.axes) + ("config", "seed")
+
+    @property
+    def n_groups(self) -> int:
+        """The largest group count of the configurations (the ``group`` dimension)."""
+        return max(p.n_groups for p in self.configs)
+
+    @property
+    def n_params(self) -> int:
+        """Points of the parameter grid (the product of the axes' sizes)."""
+        return int(np.prod([v.size for _, v in self.axes]))
 
     @property
     def shape(self) -> tuple:
-        return (self.elrs.size, len(self.configs), self.seeds.size)
+        return tuple(v.size for _, v in self.axes) + (len(self.configs), self.seeds.size)
 
     @property
     def grid(self) -> tuple:
@@ -102,27 +136,52 @@ class ScanPlan:
         return int(np.prod(self.shape))
 
     def region(self, chunk_id: int) -> tuple:
-        """The slices ``(elr, config, seed)`` of chunk ``chunk_id`` (C order over the chunk grid)."""
+        """The slices ``(*axes, config, seed)`` of chunk ``chunk_id`` (C order over the chunk grid)."""
         idx = np.unravel_index(chunk_id, self.grid)
         return tuple(slice(int(i) * c, min((int(i) + 1) * c, n)) for i, c, n in zip(idx, self.chunks, self.shape))
 
+    def var_dims(self, name: str) -> tuple:
+        """The dimensions of per-cell variable ``name`` (a ``group`` one for `CellSpec.group_vars`)."""
+        return self.cell_dims + (("group",) if name in self.spec.group_vars() else ())
+
+    def var_region(self, name: str, region) -> tuple:
+        """``region`` (of `region`) for variable ``name``: whole along its ``group`` dimension."""
+        return tuple(region) + ((slice(None),) if name in self.spec.group_vars() else ())
+
+    def var_chunks(self, name: str) -> tuple:
+        """The storage chunks of variable ``name``: the plan's, and one along ``group``."""
+        return tuple(self.chunks) + ((self.n_groups,) if name in self.spec.group_vars() else ())
+
+    def storage_index(self, name: str, chunk_id: int) -> tuple:
+        """The index of chunk ``chunk_id`` in the storage-chunk grid of variable ``name``."""
+        idx = tuple(int(i) for i in np.unravel_index(chunk_id, self.grid))
+        return idx + ((0,) if name in self.spec.group_vars() else ())
+
     def task(self, chunk_id: int) -> ChunkTask:
         """Chunk ``chunk_id`` by value: its slice of the grid, and the spec (the same object)."""
-        se, sc, ss = self.region(chunk_id)
-        return ChunkTask(chunk_id=chunk_id, configs=self.configs[sc], elrs=self.elrs[se],
-                         seeds=self.seeds[ss], spec=self.spec)
+        *sa, sc, ss = self.region(chunk_id)
+        axes = tuple(v[s] for (_, v), s in zip(self.axes, sa))
+        elrs = axes[0] if self.axes[0][0] == "elr" else None
+        return ChunkTask(chunk_id=chunk_id, configs=self.configs[sc], elrs=elrs,
+                         seeds=self.seeds[ss], spec=self.spec, axes=axes,
+                         n_groups=self.n_groups if self.spec.group_vars() else 0)
 
     def params(self) -> dict:
-        """JSON parameters: the manifest of a store; its hash identifies the plan."""
-        return {
-            "format": FORMAT, "toymodel_version": __version__,
-            "configs": [problem_record(p) for p in self.configs],
-            "elrs": [float(x).hex() for x in self.elrs],
-            "seeds": self.seeds.tolist(), **self.spec.params(),
-            "chunks": list(self.chunks), "radius": 1.0,
-            "conv_rtol": regimes.CONV_RTOL, "div_frac": regimes.DIV_FRAC,
-            "min_tail_rotation": regimes.MIN_TAIL_ROTATION,
-        }
+        """JSON parameters: the manifest of a store; its hash identifies the plan. A fixed-ELR
+        plan has exactly the keys it always had (its stores still open and resume); the other
+        modes add their ``mode``, their axes and their criteria."""
+        out = {"format": FORMAT, "toymodel_version": __version__,
+               "configs": [problem_record(p) for p in self.configs]}
+        out.update({PARAM_KEYS[name]: [float(x).hex() for x in v] for name, v in self.axes})
+        out.update({"seeds": self.seeds.tolist(), **self.spec.params(),
+                    "chunks": list(self.chunks), "radius": 1.0,
+                    "conv_rtol": regimes.CONV_RTOL, "div_frac": regimes.DIV_FRAC,
+                    "min_tail_rotation": regimes.MIN_TAIL_ROTATION})
+        if self.spec.mode == "momentum":
+            out["converged_loss"] = CONVERGED_LOSS
+        elif self.spec.mode == "wd":
+            out.update(spike_frac=periodic.SPIKE_FRAC, min_spikes=periodic.MIN_SPIKES)
+        return out
 
     def digest(self) -> str:
         text = json.dumps(self.params(), sort_keys=True)
@@ -133,55 +192,124 @@ class ScanPlan:
         return self.spec.cell_vars()
 
     def bytes_per_cell(self) -> int:
-        """Memory of one cell's results (all per-cell variables): 66 B for float64 summaries."""
-        return int(sum(dt.itemsize for dt in self.cell_vars().values()))
+        """Memory of one cell's results (all per-cell variables, a ``group`` one counted per group):
+        66 B for the float64 summaries of a fixed-ELR scan."""
+        groups = self.spec.group_vars()
+        return int(sum(dt.itemsize * (self.n_groups if name in groups else 1)
+                       for name, dt in self.cell_vars().items()))
 
 
 def plan_chunks(shape, work_per_cell, chunk_size=None, name: str = "chunk_size") -> tuple:
-    """Chunk shape ``(ce, cc, cs)`` for a grid ``shape`` = (ELRs, configs, seeds).
+    """Chunk shape ``(ce, cc, cs)`` for a grid ``shape`` = (ELRs, configs, seeds); in general
+    ``(*axes, config, seed)`` sizes for ``shape`` = ``(*axes, configs, seeds)``.
 
     Rule: ``cells = TARGET_ELEMENT_STEPS / work_per_cell`` (work = n·d·steps, doubled with the
     Lyapunov twin) clipped to [1, MAX_CHUNK_CELLS], or ``chunk_size`` cells when given (an int),
-    or an explicit ``(ce, cc, cs)``. A chunk takes all seeds first, then ELRs, then configs.
+    or an explicit block of sizes. A chunk takes all seeds first, then the parameter axes from
+    the last to the first (ELRs for a fixed-ELR scan), then configs.
     """
-    E, C, S = shape
+    shape = tuple(int(n) for n in shape)
     if isinstance(chunk_size, (tuple, list)):
-        if len(chunk_size) != 3:
-            raise ValueError(f"{name} must be an int or (elr, config, seed) sizes, got {chunk_size!r}")
+        if len(chunk_size) != len(shape):
+            dims = "(elr, config, seed)" if len(shape) == 3 else f"{len(shape)}"
+            raise ValueError(f"{name} must be an int or {dims} sizes, got {chunk_size!r}")
         return tuple(min(positive_int(f"{name} entry", c), n) for c, n in zip(chunk_size, shape))
     if chunk_size is None:
         cells = int(np.clip(TARGET_ELEMENT_STEPS // max(work_per_cell, 1), 1, MAX_CHUNK_CELLS))
     else:
         cells = positive_int(name, chunk_size)
+    *axes, C, S = shape
     cs = min(S, cells)
-    ce = min(E, max(1, cells // cs))
-    cc = min(C, max(1, cells // (cs * ce)))
-    return (ce, cc, cs)
+    block = cs
+    sizes = []
+    for n in reversed(axes):
+        c = min(n, max(1, cells // block))
+        sizes.append(c)
+        block *= c
+    cc = min(C, max(1, cells // block))
+    return tuple(reversed(sizes)) + (cc, cs)
+
+
+def _axes(mode, elrs, momentum, lr, weight_decay, label):
+    """The leading axes of ``mode`` as ``[(name, count, build), ...]``, sizes known before the
+    grids are allocated; the arguments of the other modes must be absent."""
+    def absent(**given):
+        extra = [k for k, v in given.items() if v is not None]
+        if extra:
+            raise ValueError(f"{' and '.join(label(k) for k in extra)} do(es) not apply to the "
+                             f"{mode!r} mode (" + {"elr": "a fixed-ELR scan takes elrs",
+                                                   "momentum": "a momentum scan takes elrs and "
+                                                               "momentum",
+                                                   "wd": "constraint='none' takes lr and "
+                                                         "weight_decay"}[mode] + ")")
+
+    def need(**given):
+        missing = [k for k, v in given.items() if v is None]
+        if missing:
+            raise ValueError(f"the {mode!r} mode needs {' and '.join(label(k) for k in missing)}")
+
+    if mode == "wd":
+        absent(elrs=elrs, momentum=momentum)
+        need(lr=lr, weight_decay=weight_decay)
+        return [("lr", *elr_spec(lr, label("lr"))),
+                ("weight_decay", *nonnegative_spec(weight_decay, label("weight_decay")))]
+    absent(lr=lr, weight_decay=weight_decay)
+    need(elrs=elrs)
+    axes = [("elr", *elr_spec(elrs, label("elrs")))]
+    if mode == "momentum":
+        axes.append(("momentum", *unit_interval_spec(momentum, label("momentum"))))
+    return axes
 
 
 def _plan(problem_or_alphas, elrs, seeds, steps, tail, constraint, backend, dtype, lyapunov,
-          chunk_size, dim, *, names=None, defaults=()) -> ScanPlan:
+          chunk_size, dim, *, names=None, defaults=(), momentum=None, momentum_mode="official",
+          optimizer="heavy_ball", beta2=0.999, eps=1e-3, lr=None, weight_decay=None) -> ScanPlan:
     """The arguments of `toymodel.scan.scan` as a validated `ScanPlan`: the configurations, the
     one `CellSpec`, the grids (their sizes checked against the limits before they are allocated)
     and the chunks. ``names`` maps an argument to its name in messages (the CLI's ``--tail``);
-    ``defaults`` lists the arguments the user left at their default (a message then says so)."""
+    ``defaults`` lists the arguments the user left at their default (a message then says so).
+    The mode: ``"wd"`` with ``constraint="none"``, ``"momentum"`` with ``momentum``, else ``"elr"``."""
     label = (names or {}).get
 
-    configs = tuple(_configs(problem_or_alphas, positive_int(label("dim", "dim"), dim)))
+    def lab(key):
+        return label(key, key)
+
+    mode = "wd" if constraint == "none" else "momentum" if momentum is not None else "elr"
+    if mode != "momentum":
+        settings = {"momentum_mode": (momentum_mode, "official"), "optimizer": (optimizer, "heavy_ball"),
+                    "beta2": (beta2, 0.999), "eps": (eps, 1e-3)}
+        given = [k for k, (v, d) in settings.items() if v != d]
+        if given:
+            raise ValueError(f"{', '.join(lab(k) for k in given)}: only for a momentum scan "
+                             f"(give {lab('momentum')}), got {', '.join(f'{lab(k)}={settings[k][0]!r}' for k in given)}")
+    configs = tuple(_configs(problem_or_alphas, positive_int(lab("dim"), dim)))
+    if mode != "elr":
+        others = [type(p).__name__ for p in configs if not isinstance(p, SphereToy)]
+        if others:
+            raise ValueError(f"momentum and weight-decay scans run SphereToy configurations only "
+                             f"(the kernels of these modes), got {others[0]}")
     spec = CellSpec(steps=steps, tail=tail, constraint=constraint, dtype=dtype, lyapunov=lyapunov,
-                    backend=backend, names=names, defaults=tuple(defaults))
-    n_elrs, make_elrs = elr_spec(elrs, label("elrs", "elrs"))
-    n_seeds, make_seeds = seed_spec(seeds, label("seeds", "seeds"))
-    _check_work(n_elrs, configs, n_seeds, spec, lambda key: label(key, key))
-    elrs, seeds = make_elrs(), make_seeds()
+                    backend=backend, names=names, defaults=tuple(defaults), mode=mode,
+                    momentum_mode=momentum_mode, optimizer=optimizer, beta2=beta2, eps=eps)
+    axes = _axes(mode, elrs, momentum, lr, weight_decay, lab)
+    n_seeds, make_seeds = seed_spec(seeds, lab("seeds"))
+    what = " x ".join(lab(PARAM_KEYS[name] if name == "elr" else name) for name, _, _ in axes)
+    _check_work(int(np.prod([n for _, n, _ in axes])), configs, n_seeds, spec, lab, what)
+    built = tuple((name, build()) for name, _, build in axes)
+    if mode == "wd":
+        check_decay_grid(built[0][1], built[1][1], lab("lr"), lab("weight_decay"))
+    seeds = make_seeds()
     work = max(p.n_groups * p.dim for p in configs) * spec.steps * spec.twin
-    chunks = plan_chunks((elrs.size, len(configs), seeds.size), work, chunk_size,
-                         label("chunk_size", "chunk_size"))
-    return ScanPlan(configs=configs, elrs=elrs, seeds=seeds, spec=spec, chunks=chunks)
+    shape = tuple(v.size for _, v in built) + (len(configs), seeds.size)
+    chunks = plan_chunks(shape, work, chunk_size, lab("chunk_size"))
+    return ScanPlan(configs=configs, elrs=built[0][1] if mode != "wd" else None, seeds=seeds,
+                    spec=spec, chunks=chunks, axes=built)
 
 
-def _check_work(n_elrs, configs, n_seeds, spec: CellSpec, label) -> None:
-    """Refuse a scan beyond `MAX_ELEMENT_STEPS` or `MAX_ELR_CONFIG_PAIRS`, naming what it needs."""
+def _check_work(n_elrs, configs, n_seeds, spec: CellSpec, label, what=None) -> None:
+    """Refuse a scan beyond `MAX_ELEMENT_STEPS` or `MAX_ELR_CONFIG_PAIRS`, naming what it needs;
+    ``n_elrs`` counts the points of the parameter grid (``what`` names its axes)."""
+    what = what or label("elrs")
     per_elr_seed = sum(p.n_groups * p.dim for p in configs) * spec.steps * spec.twin
     work = float(n_elrs) * float(n_seeds) * per_elr_seed
     if work > MAX_ELEMENT_STEPS:
@@ -190,13 +318,14 @@ def _check_work(n_elrs, configs, n_seeds, spec: CellSpec, label) -> None:
             f"this scan needs {work:.3g} element-steps ({cells:.3g} cells x {spec.steps} steps x n x d"
             f"{' x 2 for the Lyapunov twin' if spec.lyapunov else ''}), over the limit "
             f"{MAX_ELEMENT_STEPS:.0e} (about {MAX_ELEMENT_STEPS / 2.4e8 / 86400:.0f} days of a "
-            f"2-core CPU); scan fewer {label('elrs')}, {label('seeds')} or {label('steps')}, or "
+            f"2-core CPU); scan fewer {what}, {label('seeds')} or {label('steps')}, or "
             f"split the scan")
     pairs = float(n_elrs) * len(configs)
     if pairs > MAX_ELR_CONFIG_PAIRS:
-        raise ValueError(f"this scan has {pairs:.3g} (ELR, configuration) pairs, over the limit "
+        kind = "(ELR, configuration)" if what == label("elrs") else f"({what}, configuration)"
+        raise ValueError(f"this scan has {pairs:.3g} {kind} pairs, over the limit "
                          f"{MAX_ELR_CONFIG_PAIRS:.0e} (the theory's predictions are held per pair); "
-                         f"scan fewer {label('elrs')} or split the scan")
+                         f"scan fewer {what} or split the scan")
 
 
 def _gb(x) -> str:
@@ -210,7 +339,7 @@ def check_memory(plan: ScanPlan, in_memory: bool, label=lambda k: k,
     mem = memory_limit()
     per_cell = plan.bytes_per_cell()
     if in_memory and mem is not None:
-        need = plan.n_cells * per_cell + plan.elrs.size * len(plan.configs) * (1 + 8)  # predictions
+        need = plan.n_cells * per_cell + plan.n_params * len(plan.configs) * (1 + 8)  # predictions
         if need > mem:
             raise ValueError(
                 f"the result would need {_gb(need)} in memory ({plan.n_cells:.3g} cells x {per_cell} B), "
@@ -220,7 +349,7 @@ def check_memory(plan: ScanPlan, in_memory: bool, label=lambda k: k,
         n, d = (max(p.n_groups for p in plan.configs), max(p.dim for p in plan.configs))
         # a chunk holds its results and, while it runs, a few (n, d) states per trajectory
         cells = int(np.prod(plan.chunks))
-        need = cells * (per_cell + 8 * n * d * 4 * plan.spec.twin)
+        need = cells * (per_cell + 8 * n * d * plan.spec.state_copies * plan.spec.twin)
         if need > mem:
             raise ValueError(f"a chunk of {cells} cells would need {_gb(need)}, more than this "
                              f"machine's {_gb(mem)}; pass a smaller {label('chunk_size')}")

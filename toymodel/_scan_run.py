@@ -16,10 +16,14 @@ from ._scan_dataset import decode_regime, template
 from ._scan_plan import FORMAT, _plan, check_memory
 
 
-def scan(problem_or_alphas, elrs, seeds=4, steps=20000, tail=2000, constraint="total",
+def scan(problem_or_alphas, elrs=None, seeds=4, steps=20000, tail=2000, constraint="total",
          backend="auto", dtype="float64", store=None, lyapunov=False, client=None,
-         chunk_size=None, progress_bar=True, dim=2, *, _after_chunk=None, _after_write=None):
-    r"""Run every cell of the grid ELR × configuration × seed and return an ``xarray.Dataset``.
+         chunk_size=None, progress_bar=True, dim=2, *, momentum=None, momentum_mode="official",
+         optimizer="heavy_ball", beta2=0.999, eps=1e-3, lr=None, weight_decay=None,
+         _after_chunk=None, _after_write=None):
+    r"""Run every cell of the grid ELR × configuration × seed and return an ``xarray.Dataset``;
+    with ``momentum``, of ELR × momentum × configuration × seed; with ``constraint="none"``, of
+    learning rate × weight decay × configuration × seed (the modes of `toymodel._scan_modes`).
 
     Parameters
     ----------
@@ -35,9 +39,10 @@ def scan(problem_or_alphas, elrs, seeds=4, steps=20000, tail=2000, constraint="t
     steps, tail
         Steps per trajectory and the tail window the summaries average over.
     constraint
-        ``"total"`` or ``"individual"`` (T7).
+        ``"total"`` or ``"individual"`` (T7), or ``"none"``: conventional training, full-space GD
+        with weight decay (docs/conventional.md T20), over the grid ``lr`` × ``weight_decay``.
     backend
-        Passed unchanged to `toymodel.backend.summarize`.
+        Passed unchanged to `toymodel.backend.summarize` (`summarize_momentum`, `summarize_wd`).
     dtype
         ``"float64"`` or ``"float32"``: the computing dtype.
     store
@@ -52,10 +57,21 @@ def scan(problem_or_alphas, elrs, seeds=4, steps=20000, tail=2000, constraint="t
         ``None`` (in-process), a ``dask.distributed.Client`` or a scheduler address
         ``"tcp://host:port"``: chunks run on the Dask workers, the results are written here.
     chunk_size
-        Cells per chunk (int) or ``(elr, config, seed)`` sizes; default from the work
-        per cell (`plan_chunks`).
+        Cells per chunk (int) or ``(elr, config, seed)`` sizes (one per dimension in the other
+        modes); default from the work per cell (`plan_chunks`).
     progress_bar
         Show cells done / total (a resumed scan starts at the cells already done).
+    momentum
+        Momenta $\beta\in[0,1)$ (a sequence, ``"x,y,z"`` or ``"a:b:N"``): heavy ball at each
+        fixed ELR (docs/momentum.md T41–T48), the buffer starting at zero; for ``optimizer="adam"``
+        the values are $\beta_1$. No ``lyapunov``.
+    momentum_mode, optimizer, beta2, eps
+        ``"official"`` (the buffer left as is after the rescale) or ``"transport"``;
+        ``"heavy_ball"`` or ``"adam"`` (then ``beta2`` and ``eps``, on the unit sphere, apply).
+    lr, weight_decay
+        With ``constraint="none"``: learning rates $\eta$ (as ``elrs``) and weight decays
+        $\lambda\ge0$ (as ``momentum``), every pair with $\eta\lambda<1$ (checked first, naming
+        the offending pair); starts of unit norm (as `toymodel.simulate` with ``constraint="none"``).
 
     Bad input, and a scan beyond the limits (`MAX_ELEMENT_STEPS`, the machine's memory for an
     in-memory result or for one chunk, `MAX_STORE_CHUNKS`), raise ``ValueError`` before any work,
@@ -64,7 +80,8 @@ def scan(problem_or_alphas, elrs, seeds=4, steps=20000, tail=2000, constraint="t
     Returns
     -------
     xarray.Dataset
-        Dims ``(elr, config, seed)``; per-cell ``tail_loss``, ``tail_loss_std``,
+        Momentum and weight-decay scans: the layout of docs/scans.md ("Momentum and weight
+        decay"), with a ``mode`` attribute. A fixed-ELR scan: dims ``(elr, config, seed)``; per-cell ``tail_loss``, ``tail_loss_std``,
         ``final_loss``, ``min_share``, ``frac_above_threshold``, ``tail_grad_norm``, ``tail_angle``
         (``lyapunov``), ``status``, ``bad_step``, ``regime`` (int8 codes: `decode_regime` gives the
         labels, `regime_reason` the reasons); per configuration ``alphas`` (dim ``group``),
@@ -72,7 +89,9 @@ def scan(problem_or_alphas, elrs, seeds=4, steps=20000, tail=2000, constraint="t
         ``equilibrium_loss`` and ``predicted_regime`` (codes); provenance in attrs.
     """
     plan = _plan(problem_or_alphas, elrs, seeds, steps=steps, tail=tail, constraint=constraint,
-                 backend=backend, dtype=dtype, lyapunov=lyapunov, chunk_size=chunk_size, dim=dim)
+                 backend=backend, dtype=dtype, lyapunov=lyapunov, chunk_size=chunk_size, dim=dim,
+                 momentum=momentum, momentum_mode=momentum_mode, optimizer=optimizer, beta2=beta2,
+                 eps=eps, lr=lr, weight_decay=weight_decay)
     return _run(plan, store=store, client=client, progress_bar=progress_bar,
                 after_chunk=_after_chunk, after_write=_after_write)
 
@@ -171,7 +190,7 @@ class _MemorySink:
 
     def write(self, chunk_id, region, result):
         for name in self.plan.cell_vars():
-            self.ds[name].values[region] = result[name]
+            self.ds[name].values[self.plan.var_region(name, region)] = result[name]
         self.backends.update(b for b in result["_backend"].split(",") if b)
 
     def finish(self):

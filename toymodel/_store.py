@@ -188,8 +188,9 @@ class ScanStore:
         try:
             ds = make_template()
             # integer cells: zarr's fill is the template's (a chunk not computed yet is not written)
-            encoding = {name: {"chunks": plan.chunks, **({"fill_value": int(ds[name].values.flat[0])}
-                                                        if dt.kind in "iu" else {})}
+            encoding = {name: {"chunks": plan.var_chunks(name),
+                               **({"fill_value": int(ds[name].values.flat[0])}
+                                  if dt.kind in "iu" else {})}
                         for name, dt in plan.cell_vars().items()}
             with quiet_zarr():
                 ds.to_zarr(tmp, mode="w-", zarr_format=3, encoding=encoding, consolidated=True)
@@ -283,8 +284,8 @@ class ScanStore:
         return {"path": rel, "size": os.path.getsize(f), "sha256": _sha256_file(f)}
 
     def _chunk_file(self, name: str, chunk_id: int) -> str:
-        idx = np.unravel_index(chunk_id, self.plan.grid)
-        return os.path.join(self.path, name, "c", *(str(int(i)) for i in idx))
+        idx = self.plan.storage_index(name, chunk_id)  # a "group" variable: one chunk along it
+        return os.path.join(self.path, name, "c", *(str(i) for i in idx))
 
     def write(self, chunk_id: int, region, result: dict) -> None:
         """Write one chunk's arrays, make them durable, then mark the chunk done."""
@@ -297,7 +298,7 @@ class ScanStore:
         with quiet_zarr():
             for name in self.plan.cell_vars():
                 data = np.ascontiguousarray(result[name])
-                self._group[name][region] = data
+                self._group[name][self.plan.var_region(name, region)] = data
                 digest.update(data.tobytes())
                 if self.on_write is not None:
                     self.on_write(chunk_id, name)

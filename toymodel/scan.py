@@ -1,4 +1,7 @@
-r"""Phase-diagram scans: grids over ELR × configuration × seed, reduced to labelled summaries.
+r"""Phase-diagram scans: grids over ELR × configuration × seed, reduced to labelled summaries;
+with ``momentum=``, over ELR × momentum × configuration × seed (heavy ball or Adam at a fixed ELR),
+with ``constraint="none"``, over learning rate × weight decay × configuration × seed
+(conventional training), the modes of `toymodel._scan_modes` (docs/scans.md).
 
 A *cell* is one trajectory: an ELR $\tilde\eta$ (T3), a configuration (a problem of
 `toymodel.problems`, e.g. a `SphereToy` with curvatures
@@ -23,7 +26,8 @@ reaches it). The implementation lives in private modules, one concern each
 (docs/architecture.md): `toymodel._scan_chunk` (`CellSpec`, `compute_chunk`),
 `toymodel._scan_plan` (`ScanPlan`, chunking, limits), `toymodel._scan_dataset` (`template`),
 `toymodel._scan_run` (`scan`, the runner, `open_scan`), `toymodel._scan_agreement`,
-`toymodel._scan_plot`; ELR and seed grids in `toymodel._grids`.
+`toymodel._scan_plot`, `toymodel._scan_modes` (the modes and their parameter grids); ELR and seed
+grids in `toymodel._grids`.
 """
 from __future__ import annotations
 
