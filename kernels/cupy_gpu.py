@@ -13,6 +13,8 @@ The functions take the array module ``xp`` from their inputs, so under the CUDA 
 """
 from __future__ import annotations
 
+from . import _momentum_gpu as _mg
+from . import _momentum_io as _mio
 from . import numba_cuda as _nc
 from ._protocol import BatchInputs, BatchOutputs, array_module
 
@@ -86,4 +88,25 @@ def is_available() -> bool:
         return False
 
 
-__all__ = ["is_available", "rayleigh", "toy"]
+def toy_momentum(theta, elr, beta, alphas, steps, tail, momentum_mode, individual, optimizer,
+                 beta2, eps, hit_loss=_mio.HIT_LOSS):
+    """Heavy ball / Adam on CuPy arrays (the numba-cuda kernel of `_momentum_gpu` launched on
+    them; nothing returns to the host); ``theta`` ``(B, n, d)`` is overwritten."""
+    xp = array_module(theta)
+    same = lambda a: a   # the arrays already live on the device
+    return _mg.run(xp, same, same, xp.empty, theta, elr, beta, alphas, steps, tail,
+                   momentum_mode, individual, optimizer, beta2, eps, hit_loss)
+
+
+def toy_wd(theta, lr, weight_decay, alphas, steps, tail, **levels):
+    """GD with weight decay on CuPy arrays (the numba-cuda kernel of `_wd_gpu` launched on them;
+    nothing returns to the host); ``theta`` ``(B, n, d)`` is overwritten."""
+    from . import _wd_gpu
+
+    xp = array_module(theta)
+    same = lambda a: a   # the arrays already live on the device
+    return _wd_gpu.run(xp, same, same, xp.empty, theta, lr, weight_decay, alphas, steps, tail,
+                       **levels)
+
+
+__all__ = ["is_available", "rayleigh", "toy", "toy_momentum", "toy_wd"]

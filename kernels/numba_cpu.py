@@ -32,7 +32,8 @@ from numba import njit, prange
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from . import _soa
+from . import _momentum_cpu, _soa
+from . import _momentum_io as _mio
 from . import _trajectory as _tr
 from ._protocol import BatchInputs, BatchOutputs
 
@@ -313,4 +314,45 @@ def is_available() -> bool:
     return True
 
 
-__all__ = ["is_available", "rayleigh", "toy", "toy_aos", "toy_soa", "use_soa"]
+# -- momentum / Adam at a fixed ELR (kernels._momentum_step, _momentum_cpu) ----------------------
+_MOMENTUM = []
+
+
+def toy_momentum(theta, elr, beta, alphas, steps, tail, momentum_mode, individual, optimizer,
+                 beta2, eps, hit_loss=_mio.HIT_LOSS):
+    """Heavy ball / Adam for ``B`` trajectories (contract: ``summarize_momentum_batch``; C-contiguous
+    arrays of the computing dtype, ``theta`` ``(B, n, d)`` overwritten); returns the spec's dict."""
+    consts = _mio.constants(theta.dtype, momentum_mode, optimizer, beta2, eps, hit_loss)
+    if not _MOMENTUM:   # compiled (or loaded from the cache) on first use, ~10 s cold
+        name = "toy_momentum_kernel" + (f"_src{_SOURCE_SHA[:16]}" if _CACHE else "")
+        env = {"prange": prange, "get_fpmode": _get_fpmode, "set_fpmode": _set_fpmode,
+               "FTZ_DAZ": _FTZ_DAZ, "cache": _CACHE}
+        _MOMENTUM.append(_momentum_cpu.build(njit, env, name))
+    B, n, _ = theta.shape
+    buf, v = np.empty_like(theta), np.empty((B, n), theta.dtype)
+    out = np.empty((_momentum_cpu.N_OUT, B), theta.dtype)
+    status, bad = np.empty(B, np.int8), np.empty(B, np.int64)
+    _MOMENTUM[0](theta, buf, v, elr, beta, alphas, int(steps), int(tail), consts[0],
+                 bool(individual), *consts[1:], out, status, bad)
+    return _mio.result(out, status, bad, theta, buf, v, consts[1])
+
+
+# -- conventional training: weight decay, no projection (kernels._wd_step, _wd_cpu) ---------------
+_WD = []
+
+
+def toy_wd(theta, lr, weight_decay, alphas, steps, tail, **levels):
+    """GD with weight decay for ``B`` toy runs (contract: ``summarize_wd_batch``; C-contiguous arrays
+    of the computing dtype, ``theta`` ``(B, n, d)`` overwritten); returns the spec's dict.
+    ``levels``: ``conv_rtol``, ``spike_frac``, ``flush`` (`kernels._wd_cpu`)."""
+    if not _WD:   # compiled (or loaded from the cache) on first use
+        from . import _wd_cpu
+
+        env = {"get_fpmode": _get_fpmode, "set_fpmode": _set_fpmode, "FTZ_DAZ": _FTZ_DAZ,
+               "cache": _CACHE}
+        _WD.append(_wd_cpu.build(env, "toy_wd_kernel" + (f"_src{_SOURCE_SHA[:16]}" if _CACHE else "")))
+    return _WD[0](theta, lr, weight_decay, alphas, steps, tail, **levels)
+
+
+__all__ = ["is_available", "rayleigh", "toy", "toy_aos", "toy_momentum", "toy_soa", "toy_wd",
+           "use_soa"]

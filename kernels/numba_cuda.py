@@ -23,6 +23,8 @@ import numpy as np
 from numba import cuda
 from numba import float64 as _f64
 
+from . import _momentum_gpu as _mg
+from . import _momentum_io as _mio
 from . import _trajectory as _tr
 from ._protocol import BatchInputs, BatchOutputs
 
@@ -227,5 +229,25 @@ def is_available() -> bool:
         return False
 
 
+# -- momentum / Adam at a fixed ELR (kernels._momentum_step, _momentum_gpu) ----------------------
+def toy_momentum(theta, elr, beta, alphas, steps, tail, momentum_mode, individual, optimizer,
+                 beta2, eps, hit_loss=_mio.HIT_LOSS):
+    """Heavy ball / Adam on the GPU, one thread per trajectory, NumPy in and out (contract:
+    ``summarize_momentum_batch``; ``theta`` ``(B, n, d)`` overwritten); returns the spec's dict."""
+    return _mg.run(np, _dev, lambda a: a.copy_to_host(), cuda.device_array, theta, elr, beta,
+                   alphas, steps, tail, momentum_mode, individual, optimizer, beta2, eps,
+                   hit_loss)
+
+
+# -- conventional training: weight decay, no projection (kernels._wd_step, _wd_gpu) ---------------
+def toy_wd(theta, lr, weight_decay, alphas, steps, tail, **levels):
+    """GD with weight decay on the GPU, one thread per trajectory, NumPy in and out (contract:
+    ``summarize_wd_batch``; ``theta`` ``(B, n, d)`` overwritten); returns the spec's dict."""
+    from . import _wd_gpu  # compiled on first use
+
+    return _wd_gpu.run(np, _dev, lambda a: a.copy_to_host(), cuda.device_array, theta, lr,
+                       weight_decay, alphas, steps, tail, **levels)
+
+
 __all__ = ["toy", "rayleigh", "launch_toy", "launch_rayleigh_init", "launch_rayleigh_step",
-           "launch_rayleigh_finish", "is_available"]
+           "launch_rayleigh_finish", "is_available", "toy_momentum", "toy_wd"]

@@ -293,9 +293,11 @@ def summarize_momentum(problem, theta0, elr, momentum, *, steps, tail, momentum_
                                        alphas=alphas, optimizer=optimizer, beta2=beta2, eps=eps)
     else:
         xp = _xp(name)
+        from ._momentum_checks import CONVERGED_LOSS, check_mode
+
         theta, (elr_, beta_), al = _mode_inputs(xp, problem, theta0, (elr, momentum), alphas)
         res = getattr(_kernel_module(name), MODE_ENTRY["momentum"])(
-            theta, elr_, beta_, al, steps, tail, momentum_mode, constraint == "individual",
-            optimizer, beta2, eps)
+            theta, elr_, beta_, al, steps, tail, check_mode(momentum_mode),
+            constraint == "individual", optimizer, beta2, eps, hit_loss=CONVERGED_LOSS)
     res["backend"] = name
     return res
