@@ -291,7 +291,7 @@ def test_figures_take_their_backend_as_a_parameter():
         takes = "backend" in inspect.signature(mod.main).parameters
         assert takes or name in ("fig07_real_network", "fig12_finetune",
                                  "fig13_conventional_network", "fig14_sharpness",
-                                 "fig15_network_seeds"), name
+                                 "fig15_network_seeds", "fig16_network_optimizers"), name
 
 
 def test_fig17_adam_map_is_bounded_by_the_theory(quick):

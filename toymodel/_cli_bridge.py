@@ -7,7 +7,8 @@ finished run in ``OUT.parts/`` (one file per ELR and seed, written atomically), 
 same command after an interruption or a failure trains only what is missing; the folder is
 removed once ``OUT`` is written. ``train-scan --seeds`` adds a seed dim and ``--scheduler``
 runs one task per run on a Dask cluster (`toymodel.bridge.netscan`); ``--preset NAME``
-(`toymodel.bridge.presets`) fills the options not given.
+(`toymodel.bridge.presets`) fills the options not given. ``--optimizer sgd|adam`` (with
+``--momentum``, ``--momentum-mode`` or ``--betas``) chooses `SphereSGD` or `SphereAdam` on both.
 """
 from __future__ import annotations
 
@@ -53,6 +54,26 @@ def _common(p):
     p.add_argument("--out", required=True, help="output NetCDF file (.nc)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"),
+                   help="sgd: SphereSGD (--momentum, --momentum-mode); adam: SphereAdam at the "
+                        "fixed ELR (--betas; its ELR is the tangent of a unit's first turn)")
+    p.add_argument("--momentum", type=float, default=0.0, help="heavy-ball momentum in [0, 1)")
+    p.add_argument("--momentum-mode", default="official", choices=("official", "transport"),
+                   help="SphereSGD's buffer at the projection: left as is (official) or "
+                        "transported to the new tangent space")
+    p.add_argument("--betas", default=None, metavar="B1,B2",
+                   help="SphereAdam's betas (default 0.9,0.999)")
+
+
+def _betas_arg(text):
+    """``"b1,b2"`` -> a pair of floats (their range is checked by the run's specification)."""
+    if text is None:
+        return None
+    try:
+        b1, b2 = (float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"--betas must be two numbers B1,B2 (e.g. 0.9,0.999), got {text!r}") from None
+    return (b1, b2)
 
 
 def _check_out(args) -> str:
@@ -93,7 +114,9 @@ def _kwargs(args):
     kw = dict(data_root=args.data_root, input_size=args.input_size,
               seed=0 if args.seed is None else args.seed, constraint=args.constraint,
               device=args.device, dtype=args.dtype, eval_every=args.eval_every,
-              record_every=args.record_every, tail=args.tail, progress_bar=args.progress)
+              record_every=args.record_every, tail=args.tail, progress_bar=args.progress,
+              optimizer=args.optimizer, momentum=args.momentum, momentum_mode=args.momentum_mode,
+              betas=_betas_arg(args.betas))
     kw.update(_preset(args))
     kw.pop("elrs", None)
     return kw
@@ -197,7 +220,6 @@ def _full_mode_options(p):
                    help="sphere: fixed ELR (SphereSGD); full: torch.optim.SGD, no projection")
     p.add_argument("--lr", type=float, default=None, help="learning rate (--mode full)")
     p.add_argument("--wd", type=float, default=0.0, help="weight decay (--mode full)")
-    p.add_argument("--momentum", type=float, default=0.0, help="heavy-ball momentum in [0, 1)")
     p.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="keep checkpoints in DIR (after the last epoch, and every "
                         "--checkpoint-every epochs)")
@@ -213,7 +235,7 @@ def _full_mode_options(p):
 
 
 def _full_mode_kwargs(args) -> dict:
-    return dict(mode=args.mode, lr=args.lr, weight_decay=args.wd, momentum=args.momentum,
+    return dict(mode=args.mode, lr=args.lr, weight_decay=args.wd,
                 checkpoint_dir=args.checkpoint, checkpoint_every=args.checkpoint_every,
                 resume=args.resume, init_from=args.init_from,
                 sharpness_every=args.sharpness_every, bn_update=args.bn_update)

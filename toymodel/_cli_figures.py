@@ -17,6 +17,7 @@ from pathlib import Path
 
 #: optional packages a figure needs, by figure number prefix.
 _NEEDS = {name: ("torch",) for name in ("fig07", "fig12", "fig13", "fig14", "fig15")}
+_NEEDS["fig16"] = ("torch",)  # fig16_network_optimizers: SphereSGD / SphereAdam runs
 
 
 def _figures_package():

@@ -3,8 +3,8 @@ its dtype cannot hold, trainable parameters outside the SI groups.
 
 Owns `resolve_device`, `check_fits` (data + parameters + one mini-batch of activations + the
 metric arrays against the device's total memory), `check_lr` ($\eta=\tilde\eta\rho^2$ finite and
-representable), `check_mode` (the optimiser fields of a `RunSpec`) and the SI-group coverage
-check; nothing is built or trained here.
+representable), `check_mode` and `check_optimizer` (the optimiser fields of a `RunSpec`) and the
+SI-group coverage check; nothing is built or trained here.
 """
 from __future__ import annotations
 
@@ -19,9 +19,16 @@ from . import data as _data
 from . import models as _models
 from ._full import affine_only, split_params
 from .groups import si_groups
+from .optim import MOMENTUM_MODES
+from .sphere_optim import _betas
 
 #: ``"sphere"``: `SphereSGD` at a fixed ELR; ``"full"``: `torch.optim.SGD` with no projection
 MODES = ("sphere", "full")
+#: the optimisers of ``mode="sphere"``: `SphereSGD` (``momentum``, ``momentum_mode``) and
+#: `SphereAdam` (``betas``), both at a fixed ELR (docs/sphere_optimizers.md)
+OPTIMIZERS = ("sgd", "adam")
+#: `SphereAdam`'s default ``betas`` (torch's)
+ADAM_BETAS = (0.9, 0.999)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: copies of every parameter held at once: the parameter, its gradient, the copy kept for
 #: ``cosine_to_init``, the copy `random_level` restores, the optimiser's foreach temporaries
@@ -186,3 +193,40 @@ def check_mode(mode, elr, lr, weight_decay, momentum, constraint, constraints) -
         raise ValueError(f"constraint={constraint!r} applies to mode='sphere'; mode='full' "
                          "projects nothing")
     return dict(out, elr=None, lr=positive_finite("lr", lr), constraint="none")
+
+
+def check_optimizer(mode, optimizer, momentum, momentum_mode, betas) -> dict:
+    r"""The optimiser choice of a `RunSpec`: ``optimizer="sgd"`` (`SphereSGD`; ``momentum``
+    $\beta$ with ``momentum_mode`` ``"official"`` | ``"transport"``) or ``"adam"`` (`SphereAdam`,
+    ``mode="sphere"`` only, ``betas`` $(\beta_1,\beta_2)\in[0,1)^2$, default (0.9, 0.999), no
+    ``momentum``). ``betas`` is ``None`` for SGD; ``mode="full"`` is `torch.optim.SGD`, whose
+    buffer is never transported. ``momentum`` is already checked (`check_mode`)."""
+    optimizer = choice("optimizer", optimizer, OPTIMIZERS)
+    momentum_mode = choice("momentum_mode", momentum_mode, MOMENTUM_MODES)
+    if optimizer == "sgd":
+        if betas is not None:
+            raise ValueError(f"betas={betas!r} are SphereAdam's; pass optimizer='adam' (SGD takes "
+                             "momentum)")
+        if mode == "full" and momentum_mode != "official":
+            raise ValueError(f"momentum_mode={momentum_mode!r} needs mode='sphere' (mode='full' is "
+                             "torch.optim.SGD, whose buffer is never projected)")
+        return {"optimizer": optimizer, "momentum_mode": momentum_mode, "betas": None}
+    if mode != "sphere":
+        raise ValueError(f"optimizer='adam' needs mode='sphere' (SphereAdam at a fixed ELR), got "
+                         f"mode={mode!r}")
+    if momentum:
+        raise ValueError(f"momentum={momentum!r} is SphereSGD's; SphereAdam takes betas (its "
+                         "first moment is beta1)")
+    if momentum_mode != "official":
+        raise ValueError(f"momentum_mode={momentum_mode!r} is SphereSGD's; SphereAdam always "
+                         "transports its first moment")
+    return {"optimizer": optimizer, "momentum_mode": momentum_mode,
+            "betas": _betas(ADAM_BETAS if betas is None else betas)}
+
+
+def check_optimizer_model(optimizer, model) -> None:
+    """`SphereAdam` has no rule for the affine parameters of the ``*-af`` models (their plain
+    SGD step at the SI groups' lr is SphereSGD's convention, the official ``--fix_elr``)."""
+    if optimizer == "adam" and str(model).endswith("-af"):
+        raise ValueError(f"optimizer='adam' trains SI groups only; model={model!r} has trainable "
+                         "affine parameters (use its model without '-af')")

@@ -253,7 +253,9 @@ def _keep_epoch(ep, e, m, opt, si_params, theta0):
     theta = torch.cat([p.detach().flatten() for p in si_params])
     ep["cosine_to_init"][e] = float(theta @ theta0) / float(theta.norm() * theta0.norm())
     ep["si_norm"][e] = math.sqrt(sq.sum())
-    ep["individual_elr"][e] = opt.lr / sq
+    lrs = np.asarray([float(g["lr"]) for g in si])
+    # eta_g / |theta_g|^p: p = 2 for SGD (T7), 1 for Adam (`SphereAdam.elr_power`)
+    ep["individual_elr"][e] = lrs / (np.sqrt(sq) if getattr(opt, "elr_power", 2) == 1 else sq)
     ep["shares"][e] = sq / sq.sum()
     if "effective_elr" in ep:
         ep["effective_elr"][e] = opt.lr / sq.sum()

@@ -105,6 +105,11 @@ class RunParts:
             return None
         ds = xr.load_dataset(self.path(elr, seed))
         ds.attrs.pop(ATTR, None)
+        for var in ds.variables.values():
+            # the file's fixed string width ("convergence": 11) would stick to a scan concatenated
+            # from this run and cut the longer labels of the others when that scan is written
+            if var.dtype.kind in "SU":
+                var.encoding.pop("dtype", None)
         return ds
 
     def put(self, ds, elr: float, seed: int) -> str:

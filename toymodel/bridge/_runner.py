@@ -18,6 +18,7 @@ from ._measure import (SHARPNESS_PROBES, SHARPNESS_SAMPLES, _allocate, _batches,
                        sharpness, sharpness_subset)
 from .groups import si_groups
 from .optim import SphereSGD
+from .sphere_adam import SphereAdam
 
 _SHARPNESS_VARS = ("hessian_trace", "effective_hessian_trace", "top_eigenvalue",
                    "effective_top_eigenvalue")
@@ -50,8 +51,14 @@ def _attrs(spec, opt, data, steps_per_epoch, attrs):
     if spec.constraint == "per-filter":
         meta["n_filters"] = opt.n_filters
         meta["filter_individual_elr"] = spec.elr * opt.n_filters
-    if spec.mode == "sphere" and spec.momentum:
-        meta["momentum"] = spec.momentum
+    if spec.mode == "sphere":
+        meta["optimizer"] = spec.optimizer
+        if spec.momentum:
+            meta.update(momentum=spec.momentum, momentum_mode=spec.momentum_mode)
+        if spec.optimizer == "adam":
+            meta.update(betas=list(spec.betas), eps=opt.defaults["eps"])
+            if "filter_individual_elr" in meta:  # SphereAdam's ELR is eta_u / r_u on every unit
+                meta["filter_individual_elr"] = spec.elr
     if data.corrupted is not None:
         meta["n_corrupted"] = int(data.corrupted.sum())
     if spec.sharpness_every:
@@ -62,10 +69,10 @@ def _attrs(spec, opt, data, steps_per_epoch, attrs):
 
 
 def optimiser(model, spec, groups):
-    """``(optimiser, SI tensors, SI group names)`` of ``spec.mode``. On the sphere, the affine
-    parameters of normalisations (the ``*-af`` models) take plain SGD steps at the SI groups' lr
-    $\\tilde\\eta\\rho^2$, as the official ``--fix_elr`` (one SGD lr for every group); any other
-    trainable tensor outside the SI groups raises."""
+    """``(optimiser, SI tensors, SI group names)`` of ``spec.mode`` and ``spec.optimizer``. On the
+    sphere, the affine parameters of normalisations (the ``*-af`` models) take plain SGD steps at
+    the SI groups' lr $\\tilde\\eta\\rho^2$, as the official ``--fix_elr`` (one SGD lr for every
+    group; `SphereAdam` refuses them); any other trainable tensor outside the SI groups raises."""
     names = {id(p): n for n, p in model.named_parameters()}
     if spec.mode == "full":
         groups = si_groups(model) if groups is None else list(groups)
@@ -75,8 +82,17 @@ def optimiser(model, spec, groups):
     else:
         groups, others = _check_groups(model, groups, affine_ok=True)
         check_lr(spec.elr, _si_params(groups))
-        opt = SphereSGD(groups, spec.elr, constraint=spec.constraint, track=True,
-                        **({"momentum": spec.momentum} if spec.momentum else {}))
+        if spec.optimizer == "adam":
+            if others:
+                raise ValueError(f"optimizer='adam' trains SI groups only; the model has trainable "
+                                 f"affine parameters {[names[id(p)] for p in others]}")
+            opt = SphereAdam(groups, spec.elr, betas=spec.betas, constraint=spec.constraint,
+                             track=True)
+        else:  # the keywords only when set: the default run is the one of earlier versions
+            extra = {"momentum": spec.momentum} if spec.momentum else {}
+            if spec.momentum_mode != "official":
+                extra["momentum_mode"] = spec.momentum_mode
+            opt = SphereSGD(groups, spec.elr, constraint=spec.constraint, track=True, **extra)
         if others:
             opt.add_param_group({"params": others, "si": False, "lr": opt.lr, "name": "non-si",
                                  "names": [names[id(p)] for p in others]})
@@ -151,8 +167,10 @@ def _dataset(spec, opt, data, state, names, attrs):
     summary = _summarise(state.ep, spec, state.steps_per_epoch, state.random_loss, state.invalid)
     ep = state.ep
     dims = {k: (("epoch", "group") if v.ndim == 2 else ("epoch",), v) for k, v in ep.items()}
+    lrs = [g["lr"] for g in opt.param_groups if g.get("si", True)]
+    lr = lrs[0] if all(x == lrs[0] for x in lrs) else (("group",), np.asarray(lrs))
     scalars = {"random_loss": state.random_loss, "init_loss": state.init_loss, **summary,
-               "lr": opt.lr}
+               "lr": lr}
     coords = {"epoch": np.arange(1, spec.epochs + 1), "group": names,
               "step": np.arange(0, spec.epochs * state.steps_per_epoch, spec.record_every)}
     if spec.mode == "full":

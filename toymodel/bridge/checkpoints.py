@@ -187,7 +187,11 @@ def check_compatible(blob: dict, spec, setup: dict, path) -> None:
     """Refuse to resume a run whose saved fields (all but ``epochs`` and ``tail``) or network
     differ from this call's, naming what differs; and a checkpoint past the requested end."""
     now = dataclasses.asdict(spec)
-    was = blob["spec"]
+    # a field added after the checkpoint was written holds its default there (the run had it)
+    was = {**{f.name: f.default for f in dataclasses.fields(spec)
+              if f.default is not dataclasses.MISSING}, **blob["spec"]}
+    if isinstance(was.get("betas"), list):  # a tuple may come back as a list
+        was["betas"] = tuple(was["betas"])
     diff = [k for k in sorted(set(now) | set(was)) if k not in ("epochs", "tail")
             and was.get(k) != now.get(k)]
     diff += [k for k in sorted(set(setup) | set(blob["setup"]))

@@ -21,6 +21,13 @@ list) every variable gains the dim ``seed`` after ``elr`` (int64 coordinate; ``s
 ``rho``, which differ per seed, leave the attributes; the attribute ``seeds`` lists them as JSON,
 as in a toy scan), and ``regime`` / ``regime_reason`` are per (elr, seed), with the labels of
 `toymodel.regimes`.
+
+**Optimisers.** ``optimizer="sgd"`` (`SphereSGD`, ``momentum``, ``momentum_mode``) or ``"adam"``
+(`SphereAdam`, ``betas``) is one parameter of the scan like the others: it is in the parts
+folder's parameters when not the default, and in the attributes (``optimizer`` always;
+``momentum`` and ``momentum_mode`` with momentum; ``betas`` and ``eps`` for Adam).
+`concat_optimizers` puts scans with different optimisers side by side along a new dim
+``optimizer`` whose coordinates say which is which (one grid, or the union of their grids).
 """
 from __future__ import annotations
 
@@ -37,7 +44,7 @@ from .._validate import bounded_int, positive_int
 from . import data as _data
 from . import models as _models
 from . import training as _training
-from ._checks import DTYPES, _si_params, check_fits, check_lr
+from ._checks import DTYPES, _si_params, check_fits, check_lr, check_optimizer_model
 from ._parts import RunParts, part_name
 from .groups import si_groups
 from .presets import apply_preset
@@ -77,7 +84,7 @@ def run_task(task: NetTask):
         net, images, attrs = _training.prepare(seed=spec.seed, **task.setup)
         images = _data.with_options(images, task.options)
         return _training.run(net, images, spec, progress_bar=task.progress_bar,
-                             desc=f"elr={spec.elr:.3g} seed={spec.seed}",
+                             desc=f"{spec.label()} seed={spec.seed}",
                              attrs={**attrs, **task.options.record()})
 
 
@@ -177,6 +184,7 @@ def plan_scan(elrs=None, seeds=None, *, preset=None, augment=None, corrupt=None,
     spec_kw = {k: given.pop(k) for k in _training._SPEC_KEYS if k in given}
     base = _training.RunSpec(elr=float(grid[0]), seed=int(seed_list[0]), **spec_kw)
     setup = _training._setup(**given)
+    check_optimizer_model(base.optimizer, setup["model"])
     check_fits(setup["model"], setup["data"], width=setup["width"], dtype=setup["dtype"],
                device=setup["device"], input_size=setup["input_size"], spec=base)
     _data.check_files(setup["data"], setup["data_root"])
@@ -269,3 +277,56 @@ def train_scan(elrs=None, seeds=None, *, client=None, parts=None, callback=None,
     plan = plan_scan(elrs, seeds, **kw)
     return run_scan(plan, client=client, parts=parts, callback=callback,
                     progress_bar=progress_bar)
+
+
+def optimizer_label(ds) -> str:
+    """A short name of the optimiser of a run or scan, from its attributes: ``"sgd"``,
+    ``"sgd-m0.9-official"``, ``"sgd-m0.9-transport"``, ``"adam-0.9-0.999"``."""
+    opt = ds.attrs.get("optimizer", "sgd")
+    if opt == "adam":
+        b1, b2 = ds.attrs["betas"]
+        return f"adam-{float(b1):g}-{float(b2):g}"
+    mom = float(ds.attrs.get("momentum", 0.0))
+    return f"sgd-m{mom:g}-{ds.attrs.get('momentum_mode', 'official')}" if mom else "sgd"
+
+
+def concat_optimizers(scans, labels=None, join="exact"):
+    """Scans with different optimisers (same seeds), along a new dim ``optimizer``.
+
+    ``labels``: the coordinate (default `optimizer_label` of each scan; they must differ). The
+    optimiser parameters become coordinates along the dim: ``optimizer_name`` (``"sgd"`` |
+    ``"adam"``), ``momentum``, ``momentum_mode`` (``""`` for Adam), ``beta1``, ``beta2`` (NaN for
+    SGD); attributes that differ between the scans are dropped, the rest kept (the optimiser
+    attributes always go: the coordinates hold them). ``join="exact"``
+    needs one ELR grid; ``"outer"`` takes the union of the grids, a cell a scan did not run
+    holding NaN and the regime ``""``.
+    """
+    import xarray as xr
+
+    scans = list(scans)
+    labels = [optimizer_label(ds) for ds in scans] if labels is None else list(labels)
+    if len(set(labels)) != len(labels) or len(labels) != len(scans):
+        raise ValueError(f"concat_optimizers needs one distinct label per scan, got {labels}")
+    if join not in ("exact", "outer"):
+        raise ValueError(f"join must be 'exact' or 'outer', got {join!r}")
+    grids = [np.asarray(ds.elr.values) for ds in scans]
+    if join == "outer":
+        union = np.unique(np.concatenate(grids))
+        blank = {k: "" for k in ("regime", "regime_reason")}
+        scans = [ds.reindex(elr=union, fill_value=blank) for ds in scans]
+    elif any(g.shape != grids[0].shape or not np.array_equal(g, grids[0]) for g in grids[1:]):
+        raise ValueError("concat_optimizers needs scans over the same ELR grid (or join='outer')")
+    coords = {"optimizer_name": [], "momentum": [], "momentum_mode": [], "beta1": [], "beta2": []}
+    for ds in scans:
+        adam = ds.attrs.get("optimizer", "sgd") == "adam"
+        b1, b2 = ds.attrs["betas"] if adam else (np.nan, np.nan)
+        coords["optimizer_name"].append("adam" if adam else "sgd")
+        coords["momentum"].append(0.0 if adam else float(ds.attrs.get("momentum", 0.0)))
+        coords["momentum_mode"].append("" if adam else ds.attrs.get("momentum_mode", "official"))
+        coords["beta1"].append(float(b1))
+        coords["beta2"].append(float(b2))
+    out = xr.concat(scans, dim="optimizer", combine_attrs="drop_conflicts")
+    for key in ("optimizer", "momentum", "momentum_mode", "betas", "eps"):
+        out.attrs.pop(key, None)  # the coordinates say it per optimizer; one scan's would mislead
+    return out.assign_coords(optimizer=labels,
+                             **{k: ("optimizer", v) for k, v in coords.items()})

@@ -73,20 +73,35 @@ class SphereAdam(base.SphereOptimizer):
     constraint : ``"total"`` (default) | ``"individual"`` | ``"per-filter"``, or a `Constraint`
         with `expand`: its units are the spheres and the second-moment units.
     radius : $\rho$; default the current total norm of the SI parameters (as `SphereSGD`).
+    track : compute per-step metrics into ``last_metrics`` (as `SphereSGD`'s: the squared norms
+        of every SI group before the step and of its gradient, and the angle the SI vector
+        turned, measured); off by default.
 
     Attributes
     ----------
     constraint : the `Constraint` object.
     rho, lr, elr, elrs, n_units, n_filters : read-only, from the parameter groups.
+    last_metrics : the metrics of the last tracked step.
     """
 
+    #: the power $p$ of the radius in the effective learning rate $\eta/\|\theta\|^p$ (T3 for
+    #: SGD: 2; Adam: 1), for the ``individual_elr`` a training run records
+    elr_power = 1
+
     def __init__(self, params, elr, betas=(0.9, 0.999), eps=1e-8, constraint="total",
-                 radius=None):
+                 radius=None, *, track=False):
+        self.track = base.flag("track", track)
+        self.last_metrics = {}
         self.constraint = base.as_constraint(constraint)
         if not self.constraint.transportable:
             raise ValueError(f"SphereAdam needs a constraint with expand(); "
                              f"{self.constraint!r} has none")
         self._build(params, elr, radius, {"betas": _betas(betas), "eps": _real("eps", eps, 0.0)})
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.update(track=self.track, last_metrics={})
+        return state
 
     # -- hooks of the base class -------------------------------------------------------------------
     def _lr_scale(self, groups, rho, targets):
@@ -171,6 +186,8 @@ class SphereAdam(base.SphereOptimizer):
             for p, f in zip(ps, fs):
                 self.state[p]["exp_avg_sq"].mul_(f)
         c.transport_(groups, olds, [[self.state[p]["exp_avg"] for p in ps] for ps in groups])
+        if self.track:
+            self.last_metrics = _metrics(groups, olds, grads)
 
     def _plain_adam(self, g):
         """`torch.optim.Adam`'s single-tensor update (no weight decay, no amsgrad)."""
@@ -190,6 +207,24 @@ class SphereAdam(base.SphereOptimizer):
             v.mul_(b2).addcmul_(d, d, value=1 - b2)
             denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(g["eps"])
             p.addcdiv_(m, denom, value=-g["lr"] / (1 - b1 ** t))
+
+
+def _metrics(groups, olds, grads) -> dict:
+    r"""``sq_norm`` and ``grad_sq`` per SI group (before the step), and the ``angle`` turned by
+    the whole SI vector, $2\arctan(\|u-u'\|/\|u+u'\|)$ of its directions before and after: exact
+    for small and large angles (the ``arccos`` of a cosine loses half the digits near 0)."""
+    def sq(ts):
+        return torch.stack(torch._foreach_norm(ts)).square().sum()
+
+    old, new = [p for ps in olds for p in ps], [p for ps in groups for p in ps]
+    na, nb = sq(old).sqrt(), sq(new).sqrt()
+    a, b = na.new_zeros(()), na.new_zeros(())
+    for p, q in zip(old, new):
+        a = a + (p / na - q / nb).square().sum()
+        b = b + (p / na + q / nb).square().sum()
+    return {"sq_norm": torch.stack([sq(ps) for ps in olds]),
+            "grad_sq": torch.stack([sq(ds) for ds in grads]),
+            "angle": 2 * torch.atan2(a.sqrt(), b.sqrt())}
 
 
 def _dense(p):

@@ -19,7 +19,11 @@ random SI directions, `random_level`), ``init_loss``, ``tail_loss``,
 weighs the tail's total rotation ``tail_angle`` x tail steps: a run that never moved is
 ``"unresolved"``, not divergent).
 
-Two modes (`RunSpec.mode`): ``"sphere"`` (default), `SphereSGD` at the fixed total ELR ``elr``;
+Two modes (`RunSpec.mode`): ``"sphere"`` (default), `SphereSGD` at the fixed total ELR ``elr``
+(``momentum`` $\beta$, ``momentum_mode`` ``"official"`` | ``"transport"``), or with
+``optimizer="adam"`` `SphereAdam` at the fixed ELR ``elr`` (``betas``; its ELR is $\eta_u/r_u$, the
+tangent of a unit's first turn, docs/sphere_optimizers.md), which records the same variables
+(``grad_norm`` from the gradient itself, ``individual_elr`` Adam's $\eta/\|\theta_g\|$);
 ``"full"``, conventional `torch.optim.SGD` (``lr`` $\eta$, ``weight_decay`` $\lambda$,
 ``momentum``) on every trainable parameter with no projection (`toymodel.bridge._full`), which
 adds ``effective_elr`` $\eta/\|\theta\|^2$ (end of epoch; ``tail_effective_elr``, its tail
@@ -59,7 +63,8 @@ from .._validate import bounded_int, choice, positive_int, tail_within
 from . import checkpoints as _ckpt
 from . import data as _data
 from . import models as _models
-from ._checks import DTYPES, _si_params, check_fits, check_lr, check_mode, resolve_device
+from ._checks import (DTYPES, _si_params, check_fits, check_lr, check_mode, check_optimizer,
+                      check_optimizer_model, resolve_device)
 from ._measure import evaluate  # noqa: F401  (re-exported by toymodel.bridge)
 from ._parts import RunParts
 from ._runner import fresh_state, loop, optimiser
@@ -78,9 +83,11 @@ DATA_OPTIONS = True
 class RunSpec:
     """What one run does, validated once at construction; `run` receives it whole.
 
-    ``mode="sphere"`` (`SphereSGD`) takes ``elr``, ``constraint`` and ``momentum``;
-    ``mode="full"`` (`torch.optim.SGD`, no projection) takes ``lr``, ``weight_decay`` and
-    ``momentum``, and stores ``elr=None`` and ``constraint="none"`` (`check_mode`). ``seed``
+    ``mode="sphere"`` takes ``elr``, ``constraint`` and ``optimizer``: ``"sgd"`` (`SphereSGD`,
+    ``momentum`` and ``momentum_mode``) or ``"adam"`` (`SphereAdam`, ``betas``, default
+    (0.9, 0.999); ``None`` for SGD); ``mode="full"`` (`torch.optim.SGD`, no projection) takes
+    ``lr``, ``weight_decay`` and ``momentum``, and stores ``elr=None`` and ``constraint="none"``
+    (`check_mode`, `check_optimizer`). ``seed``
     drives the mini-batch order (`train` also draws the network from it); ``tail`` is the number
     of final epochs the summaries average (``None``: the last 10%, at least one; resolved here,
     so a spec always holds the number used). ``sharpness_every`` (0: never) and ``bn_update``
@@ -101,6 +108,9 @@ class RunSpec:
     momentum: float = 0.0
     sharpness_every: int = 0
     bn_update: bool = False
+    momentum_mode: str = "official"
+    optimizer: str = "sgd"
+    betas: tuple | None = None
 
     def __post_init__(self):
         def put(name, value):  # the dataclass is frozen: store the checked values once, here
@@ -108,6 +118,9 @@ class RunSpec:
 
         for name, value in check_mode(self.mode, self.elr, self.lr, self.weight_decay,
                                       self.momentum, self.constraint, CONSTRAINTS).items():
+            put(name, value)
+        for name, value in check_optimizer(self.mode, self.optimizer, self.momentum,
+                                           self.momentum_mode, self.betas).items():
             put(name, value)
         put("epochs", positive_int("epochs", self.epochs, 1))
         put("batch_size", positive_int("batch_size", self.batch_size, 2))
@@ -127,14 +140,15 @@ class RunSpec:
     def label(self) -> str:
         """``elr=...`` or ``lr=... wd=...``: the run in a progress bar or a message."""
         if self.mode == "sphere":
-            return f"elr={self.elr}"
+            return f"elr={self.elr}" if self.optimizer == "sgd" else f"adam elr={self.elr}"
         return f"lr={self.lr}, weight_decay={self.weight_decay}"
 
 
 #: the fields added with ``mode="full"``, at their defaults: left out of `scan_params`, so the
 #: finished runs of earlier scans still match
 _NEW_DEFAULTS = {"mode": "sphere", "lr": None, "weight_decay": 0.0, "momentum": 0.0,
-                 "sharpness_every": 0, "bn_update": False}
+                 "sharpness_every": 0, "bn_update": False, "momentum_mode": "official",
+                 "optimizer": "sgd", "betas": None}
 def run(model, data, spec: RunSpec | None = None, *, groups=None, progress_bar=True, desc="train",
         attrs=None, **fields):
     """Train ``model`` on ``data`` (`ImageData`, on the model's device) as ``spec`` says (a
@@ -196,15 +210,17 @@ def train(*, elr=None, epochs, model="convnet-si", data="digits", width=8, batch
           constraint="total", device="cpu", dtype="float32", record_every=1, eval_every=1,
           tail=None, data_root=None, input_size=None, progress_bar=True, mode="sphere", lr=None,
           weight_decay=0.0, momentum=0.0, sharpness_every=0, bn_update=False,
-          checkpoint_dir=None, checkpoint_every=None, resume=False, init_from=None,
+          momentum_mode="official", optimizer="sgd", betas=None, checkpoint_dir=None, checkpoint_every=None, resume=False, init_from=None,
           augment=False, corrupt=0.0, corrupt_seed=_data.CORRUPT_SEED):
     r"""One run from names (``toymodel train``); returns the metrics Dataset.
 
     Parameters
     ----------
     elr, epochs, batch_size, constraint, seed, record_every, eval_every, tail, mode, lr,
-    weight_decay, momentum, sharpness_every, bn_update
-        The fields of `RunSpec`: ``mode="sphere"`` trains at the fixed total ELR ``elr``;
+    weight_decay, momentum, sharpness_every, bn_update, momentum_mode, optimizer, betas
+        The fields of `RunSpec`: ``mode="sphere"`` trains at the fixed total ELR ``elr`` with
+        `SphereSGD` (``optimizer="sgd"``, ``momentum`` $\beta$, ``momentum_mode``
+        ``"official"`` | ``"transport"``) or `SphereAdam` (``optimizer="adam"``, ``betas``);
         ``mode="full"`` is conventional SGD with ``lr`` $\eta$, ``weight_decay`` $\lambda$ and
         ``momentum`` $\beta$ (effective ELR $\eta/\|\theta\|^2$ recorded).
     model, data, width, device, dtype, data_root, input_size
@@ -234,7 +250,9 @@ def train(*, elr=None, epochs, model="convnet-si", data="digits", width=8, batch
     spec = RunSpec(elr=elr, epochs=epochs, batch_size=batch_size, constraint=constraint, seed=seed,
                    record_every=record_every, eval_every=eval_every, tail=tail, mode=mode, lr=lr,
                    weight_decay=weight_decay, momentum=momentum, sharpness_every=sharpness_every,
-                   bn_update=bn_update)
+                   bn_update=bn_update, momentum_mode=momentum_mode, optimizer=optimizer,
+                   betas=betas)
+    check_optimizer_model(spec.optimizer, model)
     setup = _setup(model, data, width=width, device=device, dtype=dtype, data_root=data_root,
                    input_size=input_size)
     options = _data.DataOptions(augment=augment, corrupt=corrupt, corrupt_seed=corrupt_seed)
@@ -270,7 +288,8 @@ def parse_elrs(text) -> np.ndarray:
 
 
 _SPEC_KEYS = ("epochs", "batch_size", "constraint", "seed", "record_every", "eval_every", "tail",
-              "mode", "lr", "weight_decay", "momentum", "sharpness_every", "bn_update")
+              "mode", "lr", "weight_decay", "momentum", "sharpness_every", "bn_update",
+              "momentum_mode", "optimizer", "betas")
 
 
 def scan_params(spec: RunSpec, setup: dict) -> dict:
@@ -301,6 +320,7 @@ def train_scan(elrs, *, progress_bar=True, parts=None, callback=None, **kw):
                                    if k in kw})
     specs = [base.replace(elr=float(e)) for e in elrs]
     setup = _setup(**kw)
+    check_optimizer_model(base.optimizer, setup["model"])
     check_fits(setup["model"], setup["data"], width=setup["width"], dtype=setup["dtype"],
                device=setup["device"], input_size=setup["input_size"], spec=base)
     net, images, attrs = prepare(seed=base.seed, **setup)
