@@ -22,7 +22,7 @@ import numpy as np
 
 from . import dynamics
 from ._deps import INSTALL_HINTS, has, require
-from ._validate import constraint_name, positive_int
+from ._validate import constraint_name, positive_int, tail_within
 from .problems import RayleighToy, SphereToy
 
 BACKENDS = ("auto", "numpy", "numba", "cuda", "cupy")
@@ -143,9 +143,7 @@ def summarize(problem, theta0, elr, *, steps, tail, constraint="total", alphas=N
     """
     name = resolve(backend, theta0, elr, alphas, twin_dirs, problem=problem)
     steps = positive_int("steps", steps)
-    tail = positive_int("tail", tail)
-    if tail > steps:
-        raise ValueError(f"tail must be an integer in [1, steps={steps}], got {tail}")
+    tail = tail_within(tail, steps)
     constraint = constraint_name(constraint)
     if name == "numpy":
         res = dynamics.summarize_batch(problem, theta0, elr, steps=steps, tail=tail,
@@ -249,9 +247,7 @@ def summarize_wd(problem, theta0, lr, weight_decay, *, steps, tail, alphas=None,
     """
     name = _mode_backend(backend, "wd", problem, theta0)
     steps = positive_int("steps", steps)
-    tail = positive_int("tail", tail)
-    if tail > steps:
-        raise ValueError(f"tail must be an integer in [1, steps={steps}], got {tail}")
+    tail = tail_within(tail, steps)
     if name == "numpy":
         from .conventional import summarize_wd_batch
 
@@ -281,9 +277,7 @@ def summarize_momentum(problem, theta0, elr, momentum, *, steps, tail, momentum_
     """
     name = _mode_backend(backend, "momentum", problem, theta0)
     steps = positive_int("steps", steps)
-    tail = positive_int("tail", tail)
-    if tail > steps:
-        raise ValueError(f"tail must be an integer in [1, steps={steps}], got {tail}")
+    tail = tail_within(tail, steps)
     constraint = constraint_name(constraint)
     if name == "numpy":
         from ._momentum_batch import summarize_momentum_batch
