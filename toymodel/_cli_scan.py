@@ -203,9 +203,9 @@ def _print_momentum_summary(ds) -> None:
         elrs = sub["elr"].values
         for i, beta in enumerate(sub["momentum"].values.tolist()):
             c = conv[i] == 1
-            top = elrs[c.any(-1)].max() if c.any() else float("nan")
+            top = f"{elrs[c.any(-1)].max():.4g}" if c.any() else "none"
             print(f"  momentum {beta:g}: converged {int(c.sum())} of {c.size} cells "
-                  f"({c.mean():.3f}); largest ELR with a converged seed {top:.4g}; naive threshold "
+                  f"({c.mean():.3f}); largest ELR with a converged seed {top}; naive threshold "
                   f"{float(sub['naive_threshold'].values[i]):.4g} (an upper bound)")
 
 
