@@ -2,7 +2,8 @@ r"""Figure 8 — conventional training with weight decay: the (η, λ) phase dia
 
 Full-space GD with weight decay, $\theta\leftarrow(1-\eta\lambda)\theta-\eta\nabla F$, on the toy with
 $\alpha=(1,2,4)$ from the unit-norm starts of `toymodel.dynamics.initial_states`, over a log grid of
-$\eta$ and $\lambda$ (`toymodel.conventional.summarize_wd_batch`, all cells at once). Left: tail loss
+$\eta$ and $\lambda$ (`toymodel.backend.summarize_wd`: the weight-decay kernels, or their NumPy
+specification `toymodel.conventional.summarize_wd_batch`; all cells at once). Left: tail loss
 divided by the random level, with the iso-$\eta\lambda$ lines: the loss follows them (T21). Middle: the
 observed regime (`toymodel.conventional.classify_wd_summary`): *periodic* (spikes after converged
 phases, T26) below $\eta\lambda\approx0.1$, the equilibrium plateau above, divergence where
@@ -24,7 +25,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from toymodel.figures import _common as C  # noqa: E402
-from toymodel import conventional, dynamics, regimes, theory  # noqa: E402
+from toymodel import backend as _backend, conventional, dynamics, regimes, theory  # noqa: E402
 from toymodel.problems import SphereToy  # noqa: E402
 
 NAME = "fig08_conventional"
@@ -57,7 +58,7 @@ def compute(quick=False, engine="auto", backend="auto"):
     th = np.tile(theta0, (cells, 1, 1))
     lr_b = np.repeat(L.ravel()[ok], seeds)
     wd_b = np.repeat(W.ravel()[ok], seeds)
-    res = conventional.summarize_wd_batch(problem, th, lr_b, wd_b, steps=steps, tail=tail)
+    res = _backend.summarize_wd(problem, th, lr_b, wd_b, steps=steps, tail=tail, backend=backend)
     labels, _ = conventional.classify_wd_summary(res, problem.random_loss())
     shape = (n_lr, n_wd, seeds)
     tail_loss = np.full(shape, np.nan)
