@@ -17,6 +17,7 @@ falls below it for $\beta\gtrsim0.8$, where a non-converging attractor appears (
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ if __package__ in (None, ""):
 
 from toymodel.figures import _common as C
 
-from toymodel import momentum as M
+from toymodel import backend as _backend, momentum as M
 from toymodel._progress import progress
 
 NAME = "fig11_momentum_boundary"
@@ -57,13 +58,16 @@ def first_failure(c, ok):
 
 
 def compute(quick=False, backend="auto"):
-    """Converged-or-not over (c, β, seed) for both modes (`toymodel.momentum.convergence_grid`)."""
+    """Converged-or-not over (c, β, seed) for both modes (`toymodel.momentum.convergence_grid`
+    through `toymodel.backend.summarize_momentum`: the momentum kernels where they run)."""
     c, betas, seeds, steps, tail = grids(quick)
     data = {"c": c, "beta": betas, "alphas": np.array(ALPHAS)}
     with progress(total=len(MODES), desc=NAME, disable=quick) as bar:
         for mode in MODES:
             ok, summ = M.convergence_grid(ALPHAS, c, betas, seeds, momentum_mode=mode,
-                                          steps=steps, tail=tail, return_summary=True)
+                                          steps=steps, tail=tail, return_summary=True,
+                                          summarize=partial(_backend.summarize_momentum,
+                                                            backend=backend))
             data[f"converged_{mode}"] = ok.astype(np.int8)
             data[f"tail_loss_{mode}"] = summ["tail_loss"].astype(np.float32)
             data[f"first_failure_{mode}"] = first_failure(c, ok)  # (beta, seed)

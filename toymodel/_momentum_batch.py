@@ -11,7 +11,7 @@ import numpy as np
 from . import dynamics, sphere
 from ._momentum_checks import CONVERGED_LOSS, check_mode, check_momentum_array
 from ._momentum_steps import _gdot, adam_individual_elr, adam_step, heavy_ball_step
-from ._validate import alphas_array, positive_finite_array, positive_int
+from ._validate import alphas_array, positive_finite_array, positive_int, tail_within
 from .dynamics import STATUS_NONFINITE, STATUS_OK, STATUS_ZERO_NORM, SUMMARY_NAMES
 from .problems import SphereToy
 
@@ -190,12 +190,14 @@ def _check_seeds(seeds):
 
 def convergence_grid(alphas, c, momentum, seeds, *, momentum_mode="official", steps=20000,
                      tail=2000, tol=CONVERGED_LOSS, stable=True, dim=2, chunk=8192,
-                     return_summary=False):
+                     return_summary=False, summarize=None):
     r"""Converged-or-not of every ``(c, momentum, seed)`` on `SphereToy(alphas, dim)`, shape
     ``(C, M, S)`` (``c`` $=\tilde\eta\sum\alpha$, so ``elr = c/sum(alphas)``).
 
     Every cell starts at `toymodel.dynamics.initial_state` of its seed with a zero buffer; the runs
-    go through `summarize_momentum_batch` in chunks of ``chunk`` trajectories. With
+    go through `summarize_momentum_batch` in chunks of ``chunk`` trajectories, or through
+    ``summarize`` (the same signature and keys, e.g. ``functools.partial(
+    toymodel.backend.summarize_momentum, backend="numba")`` for the compiled kernels). With
     ``return_summary=True`` also returns the summaries reshaped to ``(C, M, S)``.
     """
     a = alphas_array(alphas)
@@ -204,9 +206,8 @@ def convergence_grid(alphas, c, momentum, seeds, *, momentum_mode="official", st
     seeds = _check_seeds(seeds)
     mode = check_mode(momentum_mode)
     steps = positive_int("steps", steps)
-    tail = positive_int("tail", tail)
-    if tail > steps:
-        raise ValueError(f"tail must be <= steps ({steps}), got {tail}")
+    tail = tail_within(tail, steps)
+    run = summarize_momentum_batch if summarize is None else summarize
     problem = SphereToy(a, dim=dim)
     th0 = dynamics.initial_states(problem, seeds)
     C, M, S = c.size, betas.size, len(seeds)
@@ -217,8 +218,8 @@ def convergence_grid(alphas, c, momentum, seeds, *, momentum_mode="official", st
     chunk = positive_int("chunk", chunk)
     for lo in range(0, cc.size, chunk):
         sl = slice(lo, lo + chunk)
-        out = summarize_momentum_batch(problem, th0[ss[sl]], cc[sl], bb[sl], steps=steps,
-                                       tail=tail, momentum_mode=mode)
+        out = run(problem, th0[ss[sl]], cc[sl], bb[sl], steps=steps, tail=tail,
+                  momentum_mode=mode)
         for name in names:
             res[name][sl] = out[name]
     ok = converged(res, tol, stable).reshape(C, M, S)
