@@ -1,9 +1,9 @@
 """Durable, atomic file operations of the scan's outputs: nothing is ever left half-written.
 
-Owns the primitives the zarr store (`toymodel._store`) and the NetCDF writer share: ``fsync``
-of files and directories, JSON written through a temporary file and a rename, the temporary
-sibling ``.NAME.tmp-PID-XXXXXXXX`` (hidden; its pid says whose it is) and the removal of those
-left by dead processes, sha256 of a file. Standard library only.
+Owns what the zarr store (`toymodel._store`) adds to the primitives of `toymodel._atomic`
+(``fsync``, the temporary sibling ``.NAME.tmp-PID-XXXXXXXX``, the atomic NetCDF write, all
+re-exported here): JSON written through a temporary file and a rename, the removal of the
+temporaries left by dead processes, sha256 of a file. Standard library only.
 """
 from __future__ import annotations
 
@@ -15,27 +15,10 @@ import re
 import shutil
 import uuid
 
+from ._atomic import _fsync_dir, _fsync_file, _tmp_name, write_netcdf_atomic  # noqa: F401 (re-exported)
+
 #: a temporary file or directory of this module, with the pid of the process that made it.
 _TMP = re.compile(r"\.tmp-(\d+)-[0-9a-f]{8}")
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: str) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsync-ed
-        _fsync_file(path)
-
-
-def _tmp_name(path: str) -> str:
-    """A temporary sibling ``.NAME.tmp-PID-XXXXXXXX``: hidden, and its pid says whose it is."""
-    parent, base = os.path.split(path)
-    return os.path.join(parent, f".{base}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def _atomic_write_json(path: str, obj) -> None:
@@ -83,22 +66,6 @@ def remove_stale_temporaries(path) -> list:
                         os.remove(full)
                 removed.append(full)
     return removed
-
-
-def write_netcdf_atomic(ds, path) -> None:
-    """Write ``ds`` to ``path`` through a temporary file in the same directory, then rename: an
-    existing file is replaced only by a complete new one, and a failure leaves no temporary."""
-    path = os.path.abspath(os.fspath(path))
-    tmp = _tmp_name(path)
-    try:
-        ds.to_netcdf(tmp)
-        _fsync_file(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    _fsync_dir(os.path.dirname(path))
 
 
 def _sha256_file(path: str) -> str:

@@ -12,44 +12,14 @@ Only xarray and the standard library here: the training code passes the datasets
 """
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
 import shutil
-import uuid
+
+from .._atomic import write_netcdf_atomic
 
 ATTR = "run_params"
-
-
-def _fsync_dir(path: str) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsync-ed
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_netcdf_atomic(ds, path) -> None:
-    """``ds.to_netcdf(path)`` through a temporary sibling and a rename: ``path`` is either its old
-    content or the complete new file, never a torn one."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{tag}.nc")
-    try:
-        ds.to_netcdf(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-    _fsync_dir(folder)
 
 
 def part_name(elr: float, seed: int) -> str:
