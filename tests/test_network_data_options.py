@@ -19,7 +19,7 @@ xr = pytest.importorskip("xarray")
 
 from torch.nn import functional as F  # noqa: E402
 
-from toymodel.bridge import RunSpec, train, training  # noqa: E402
+from toymodel.bridge import RunSpec, train, train_scan, training  # noqa: E402
 from toymodel.bridge import data as D  # noqa: E402
 from toymodel.bridge._measure import _batches, _train_epoch  # noqa: E402
 from toymodel.bridge._runner import optimiser  # noqa: E402
@@ -161,11 +161,11 @@ def test_plain_checkpoint_refuses_a_resume_with_options(tmp_path):
 
 def test_kept_runs_of_a_scan_with_other_options_are_refused(tmp_path):
     parts = tmp_path / "parts"
-    a = training.train_scan("0.02", epochs=1, parts=parts, augment=True, **TINY)
+    a = train_scan("0.02", epochs=1, parts=parts, augment=True, **TINY)
     assert a.attrs["augment"] == 1
-    _same(a, training.train_scan("0.02", epochs=1, parts=parts, augment=True, **TINY))
+    _same(a, train_scan("0.02", epochs=1, parts=parts, augment=True, **TINY))
     with pytest.raises(ValueError, match="other parameters.*augment"):
-        training.train_scan("0.02", epochs=1, parts=parts, **TINY)
+        train_scan("0.02", epochs=1, parts=parts, **TINY)
 
 
 # -- command line ---------------------------------------------------------------------------------

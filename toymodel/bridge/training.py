@@ -40,11 +40,11 @@ labels add ``train_loss_corrupted`` / ``train_loss_clean``, the epoch's mean per
 the corrupted and the clean samples (their sample-weighted mean is ``loss``).
 
 A run is described by one frozen `RunSpec` (validated once, passed whole, STYLE §16); `train`
-and `train_scan` build it from their keywords. Everything that can be refused is refused before
+and the scans of `toymodel.bridge.netscan` build it from their keywords. Everything that can be refused is refused before
 the first step: bad values, a learning rate $\eta=\tilde\eta\rho^2$ the parameters' dtype
 cannot hold, a network or data set larger than the device's memory.
 
-Modules: this one (`RunSpec`, `run`, `train`, `train_scan`: a run from its parts or from names),
+Modules: this one (`RunSpec`, `run`, `train`: a run from its parts or from names),
 `toymodel.bridge._measure` (the metrics of one run), `toymodel.bridge._checks` (the refusals
 made before any work), `toymodel.bridge._full` (the conventional optimiser),
 `toymodel.bridge.checkpoints` (save, resume, ``init_from``), `toymodel.bridge._parts` (finished
@@ -58,17 +58,14 @@ import os
 import numpy as np
 
 from .._grids import elr_grid
-from .._progress import progress
 from .._validate import bounded_int, choice, positive_int, tail_within
 from . import checkpoints as _ckpt
 from . import data as _data
 from . import models as _models
-from ._checks import (DTYPES, _si_params, check_fits, check_lr, check_mode, check_optimizer,
+from ._checks import (DTYPES, check_fits, check_mode, check_optimizer,
                       check_optimizer_model, resolve_device)
 from ._measure import evaluate  # noqa: F401  (re-exported by toymodel.bridge)
-from ._parts import RunParts
 from ._runner import fresh_state, loop, optimiser
-from .groups import si_groups
 from .models import HEAD_NORM, build_model
 from .optim import CONSTRAINTS
 
@@ -299,54 +296,3 @@ def scan_params(spec: RunSpec, setup: dict) -> dict:
               if k != "elr" and not (k in _NEW_DEFAULTS and v == _NEW_DEFAULTS[k])}
     params.update({k: v for k, v in setup.items() if k != "data_root"})
     return params
-
-
-def train_scan(elrs, *, progress_bar=True, parts=None, callback=None, **kw):
-    """One run per ELR from the same initial network (same ``seed``), concatenated along ``elr``.
-
-    ``kw``: the keywords of `train` but ``elr`` and the checkpoint ones (the data options
-    ``augment``, ``corrupt``, ``corrupt_seed`` included). Every ELR is checked (`check_lr`)
-    before the first run. ``parts``: a folder keeping each finished run (`toymodel.bridge._parts`):
-    a run already there, made with the same parameters, is read back instead of trained again
-    (an interrupted scan resumes where it stopped); runs made with other parameters raise
-    ``ValueError``. With ``parts``, the result is assembled from those files, so a resumed scan
-    equals an uninterrupted one. ``callback(ds)`` is called after each run (trained or read back).
-    """
-    import xarray as xr
-
-    elrs = parse_elrs(elrs)
-    base = RunSpec(elr=float(elrs[0]), **{k: kw.pop(k) for k in _SPEC_KEYS if k in kw})
-    options = _data.DataOptions(**{k: kw.pop(k) for k in ("augment", "corrupt", "corrupt_seed")
-                                   if k in kw})
-    specs = [base.replace(elr=float(e)) for e in elrs]
-    setup = _setup(**kw)
-    check_optimizer_model(base.optimizer, setup["model"])
-    check_fits(setup["model"], setup["data"], width=setup["width"], dtype=setup["dtype"],
-               device=setup["device"], input_size=setup["input_size"], spec=base)
-    net, images, attrs = prepare(seed=base.seed, **setup)
-    images = _data.with_options(images, options)
-    attrs.update(options.record())
-    check_lr(elrs, _si_params(si_groups(net)))
-    store = None if parts is None else RunParts(parts, {**scan_params(base, setup),
-                                                        **options.record()})
-    found = 0 if store is None else sum(store.has(s.elr, s.seed) for s in specs)
-    runs = []
-    with progress(total=len(specs), desc="train-scan", disable=not progress_bar,
-                  initial=found) as bar:
-        for spec in specs:
-            ds = None if store is None else store.get(spec.elr, spec.seed)
-            if ds is None:
-                if net is None:
-                    net = _network(setup, spec.seed, images, resolve_device(setup["device"]))
-                ds = run(net, images, spec, progress_bar=progress_bar, desc=f"elr={spec.elr:.3g}",
-                         attrs=attrs)
-                net = None  # trained: the next ELR starts from a fresh copy of the initial network
-                if store is not None:
-                    store.put(ds, spec.elr, spec.seed)
-                bar.update(1)
-            runs.append(ds if store is None else spec)
-            if callback is not None:
-                callback(ds)
-    if store is not None:
-        runs = [store.get(s.elr, s.seed) for s in runs]
-    return xr.concat(runs, dim="elr", combine_attrs="drop_conflicts")
