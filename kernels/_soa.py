@@ -316,14 +316,23 @@ def build(jit, pjit, *, n, d, individual, twin, single, lanes, env, qualname):
     const = dict(env, **layout(n, d), N=n, D=d, L=lanes, INDIVIDUAL=bool(individual),
                  TWIN=bool(twin))
     asin = _vecmath._asinf if single else _vecmath._asin
-    g = dict(const, _log=jit(bind(_vecmath._log, env)), _asin=jit(bind(asin, env)))
+
+    def own(name):
+        # every helper is named after its kernel: numba's symbol names carry the qualified name
+        # and a per-process counter, so helpers of two kernels compiled in different processes
+        # and loaded from the cache into one would otherwise share a symbol, and one kernel would
+        # call the other's helper (compiled for another shape): NaN, heap corruption
+        return f"{qualname}__{name}"
+    g = dict(const, _log=jit(bind(_vecmath._log, env, own("log"))),
+             _asin=jit(bind(asin, env, own("asin"))))
     fns = dict(const)
     for tail in (False, True):
         sfx = "tail" if tail else "plain"
-        fns[f"step_{sfx}"] = jit(bind(lane_step, dict(g, TAIL=tail)))
-        fns[f"twin_{sfx}"] = jit(bind(lane_twin if twin else no_twin, dict(g, TAIL=tail)))
-    fns["mark_failed"] = jit(bind(mark_failed, const))
-    fns["fold_tail"] = jit(bind(fold_tail, const))
-    fns["load_block"] = jit(bind(_soa_io.load_block, const))
-    fns["store_block"] = jit(bind(_soa_io.store_block, const))
+        fns[f"step_{sfx}"] = jit(bind(lane_step, dict(g, TAIL=tail), own(f"step_{sfx}")))
+        fns[f"twin_{sfx}"] = jit(bind(lane_twin if twin else no_twin, dict(g, TAIL=tail),
+                                      own(f"twin_{sfx}")))
+    fns["mark_failed"] = jit(bind(mark_failed, const, own("mark_failed")))
+    fns["fold_tail"] = jit(bind(fold_tail, const, own("fold_tail")))
+    fns["load_block"] = jit(bind(_soa_io.load_block, const, own("load_block")))
+    fns["store_block"] = jit(bind(_soa_io.store_block, const, own("store_block")))
     return pjit(bind(toy_blocks, fns, qualname))

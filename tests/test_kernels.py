@@ -669,3 +669,50 @@ def test_kernel_cache_key_covers_every_module_the_kernels_inline(tmp_path):
                 names = [node.module] if node.module else [a.name for a in node.names]
                 todo += [n for n in names if n not in seen]
     assert seen - {"numba_cpu"} and all(m.startswith("_") for m in seen - {"numba_cpu"}), seen
+
+
+_CLASH_PROBE = """
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from kcopy import numba_cpu as m
+from kcopy._protocol import BatchInputs, BatchOutputs
+out = {}
+for shape in sys.argv[2].split(","):
+    n, d = map(int, shape.split("x"))
+    B = m.SOA_LANES
+    rng = np.random.default_rng(n * 10 + d)
+    th = rng.normal(size=(B, n, d))
+    th /= np.sqrt((th ** 2).sum(axis=(1, 2), keepdims=True))
+    al = np.tile(np.arange(1.0, n + 1), (B, 1))
+    elr = np.full(B, 0.7 / al[0].sum())
+    inputs = BatchInputs.of(th.copy(), elr.copy(), al.copy(), steps=40, tail=10)
+    res = BatchOutputs.empty(np, B, np.float64)
+    m.toy(inputs, res)                                  # the lane-vectorised kernel of this shape
+    mom = m.toy_momentum(th.copy(), elr.copy(), np.full(B, 0.5), al.copy(), 40, 10, "official",
+                         False, "heavy_ball", 0.999, 1e-3, hit_loss=1e-10)
+    out[shape] = [res.out[0].tolist(), np.asarray(mom["tail_loss"]).tolist()]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not has("numba"), reason="no numba")
+def test_soa_kernels_of_two_shapes_cached_by_two_processes_run_together(tmp_path):
+    """Kernels compiled (and cached) by different processes, loaded into one: each still runs its
+    own helpers. numba names a function's symbol after its qualified name and a per-process
+    counter, so helpers with one name in two kernels built by two processes clashed when both were
+    loaded (the second kernel called the first one's helpers, compiled for another shape: NaN,
+    heap corruption). Results must equal those of the processes that compiled them, bit for bit."""
+    pkg = tmp_path / "kcopy"
+    shutil.copytree(KERNEL_DIR, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+
+    def probe(shapes):
+        proc = subprocess.run([sys.executable, "-c", _CLASH_PROBE, str(tmp_path), shapes],
+                              env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    alone = {**probe("2x2"), **probe("3x2")}
+    together = probe("2x2,3x2")
+    assert together == alone
