@@ -26,11 +26,32 @@ import math
 from types import SimpleNamespace
 
 from ._common import STATUS_NONFINITE, STATUS_OK, STATUS_ZERO_NORM, _copy, _init_targets
+from ._trajectory import _rebind
 
 N_ACC = 7
 N_OUT = 11
 #: the loss is checked against ``hit_loss`` every this many steps before the tail (the spec's rule)
 HIT_EVERY = 16
+
+
+def _radial(b, th, i, s):
+    r"""$|\langle b_i,\theta_i\rangle|/(\|b_i\|r_i)$ (T41, ``s`` $=r_i^2$) with $b_i$ scaled to a unit
+    max entry, so that $\|b_i\|^2$ cannot underflow late in a converged run (the spec's form;
+    0 for $b_i=0$)."""
+    d = th.shape[1]
+    zero = th.dtype.type(0.0)
+    one = th.dtype.type(1.0)
+    bm = abs(b[i, 0])
+    for k in range(1, d):
+        bm = max(bm, abs(b[i, k]))
+    inv = one / (bm if bm > zero else one)
+    bd = zero
+    bs = zero
+    for k in range(d):
+        bu = b[i, k] * inv
+        bd += bu * th[i, k]
+        bs += bu * bu
+    return abs(bd) / (math.sqrt(bs if bs > zero else one) * math.sqrt(s))
 
 
 def _hb_update(cur, new, bc, bn, al, lr, beta, sq, sv, tail, need_loss):
@@ -66,8 +87,6 @@ def _hb_update(cur, new, bc, bn, al, lr, beta, sq, sv, tail, need_loss):
         new[i, 0] = v0
         gs = g0 * g0
         vs = v0 * v0
-        bd = b0 * x
-        bs = b0 * b0
         for k in range(1, d):
             gk = c2 * cur[i, k]
             bk = beta * bc[i, k] + gk
@@ -76,15 +95,13 @@ def _hb_update(cur, new, bc, bn, al, lr, beta, sq, sv, tail, need_loss):
             new[i, k] = vk
             gs += gk * gk
             vs += vk * vk
-            bd += bk * cur[i, k]
-            bs += bk * bk
         gsq += gs
         sq[i] = s
         sv[i] = vs
         if tail:
             if lr * al[i] > opb * s:
                 above += 1.0
-            r = abs(bd) / math.sqrt((bs if bs > zero else one) * s)
+            r = _radial(bn, cur, i, s)
             if math.isnan(r):
                 nan_seen = True
             elif r > rmax:
@@ -134,19 +151,14 @@ def _adam_update(cur, new, mc, mn, vc, vn, al, lr, beta, b2, omb2, c1, c2, sqrtd
         vn[i] = vi
         denom = math.sqrt(vi / c2) + eps_t
         f = scale / denom
-        m0 = mc[i, 0]
-        bd = m0 * x
-        bs = m0 * m0
-        m0 = beta * m0 + omb * g0
+        r = _radial(mc, cur, i, s) if tail else zero   # T46: the radial part of the old m
+        m0 = beta * mc[i, 0] + omb * g0
         mn[i, 0] = m0
         v0 = x - f * m0
         new[i, 0] = v0
         vs = v0 * v0
         for k in range(1, d):
-            mk = mc[i, k]
-            bd += mk * cur[i, k]
-            bs += mk * mk
-            mk = beta * mk + omb * (cc * cur[i, k])
+            mk = beta * mc[i, k] + omb * (cc * cur[i, k])
             mn[i, k] = mk
             vk = cur[i, k] - f * mk
             new[i, k] = vk
@@ -157,7 +169,6 @@ def _adam_update(cur, new, mc, mn, vc, vn, al, lr, beta, b2, omb2, c1, c2, sqrtd
             ke = lr * sqrtd / (s * denom)
             if omb * ke * al[i] > opb:
                 above += 1.0
-            r = abs(bd) / math.sqrt((bs if bs > zero else one) * s)
             if math.isnan(r):
                 nan_seen = True
             elif r > rmax:
@@ -299,8 +310,9 @@ def build(jit):
     copy = jit(_copy)
     zero2 = jit(_zero2)
     zero1 = jit(_zero1)
-    hb_update = jit(_hb_update)
-    adam_update = jit(_adam_update)
+    g = {"_radial": jit(_radial)}   # the callers get copies whose globals point at it
+    hb_update = jit(_rebind(_hb_update, g))
+    adam_update = jit(_rebind(_adam_update, g))
     project = jit(_project)
     fold = jit(_fold)
     final = jit(_final)

@@ -32,7 +32,7 @@ from numba import njit, prange
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from . import _momentum_cpu, _soa
+from . import _momentum_cpu, _momentum_soa, _soa
 from . import _momentum_io as _mio
 from . import _trajectory as _tr
 from ._protocol import BatchInputs, BatchOutputs
@@ -314,14 +314,25 @@ def is_available() -> bool:
     return True
 
 
-# -- momentum / Adam at a fixed ELR (kernels._momentum_step, _momentum_cpu) ----------------------
+# -- momentum / Adam at a fixed ELR (kernels._momentum_step, _momentum_cpu, _momentum_soa) ---------
 _MOMENTUM = []
+_MOMENTUM_SOA: dict = {}
 
 
 def toy_momentum(theta, elr, beta, alphas, steps, tail, momentum_mode, individual, optimizer,
                  beta2, eps, hit_loss=_mio.HIT_LOSS):
     """Heavy ball / Adam for ``B`` trajectories (contract: ``summarize_momentum_batch``; C-contiguous
-    arrays of the computing dtype, ``theta`` ``(B, n, d)`` overwritten); returns the spec's dict."""
+    arrays of the computing dtype, ``theta`` ``(B, n, d)`` overwritten); returns the spec's dict.
+    Heavy ball where `use_soa` (the toy's rule) runs `toy_momentum_soa`, else `toy_momentum_aos`."""
+    B, n, d = theta.shape
+    soa = optimizer == "heavy_ball" and use_soa(B, n, d)
+    return (toy_momentum_soa if soa else toy_momentum_aos)(theta, elr, beta, alphas, steps, tail,
+        momentum_mode, individual, optimizer, beta2, eps, hit_loss)
+
+
+def toy_momentum_aos(theta, elr, beta, alphas, steps, tail, momentum_mode, individual, optimizer,
+                     beta2, eps, hit_loss=_mio.HIT_LOSS):
+    """`toy_momentum` with one trajectory per ``prange`` iteration (any shape, both optimizers)."""
     consts = _mio.constants(theta.dtype, momentum_mode, optimizer, beta2, eps, hit_loss)
     if not _MOMENTUM:   # compiled (or loaded from the cache) on first use, ~10 s cold
         name = "toy_momentum_kernel" + (f"_src{_SOURCE_SHA[:16]}" if _CACHE else "")
@@ -335,6 +346,36 @@ def toy_momentum(theta, elr, beta, alphas, steps, tail, momentum_mode, individua
     _MOMENTUM[0](theta, buf, v, elr, beta, alphas, int(steps), int(tail), consts[0],
                  bool(individual), *consts[1:], out, status, bad)
     return _mio.result(out, status, bad, theta, buf, v, consts[1])
+
+
+def _momentum_soa_kernel(n: int, d: int, individual: bool, transport: bool, single: bool):
+    """The heavy-ball SoA kernel for ``(n, d)`` (built once per process, cached as `_soa_kernel`)."""
+    key = (n, d, individual, transport, single)
+    if key not in _MOMENTUM_SOA:
+        name = (f"hb_soa_n{n}_d{d}_{'individual' if individual else 'total'}_"
+                f"{'transport' if transport else 'official'}_{'f32' if single else 'f64'}"
+                f"_L{SOA_LANES}" + (f"_src{_SOURCE_SHA[:16]}" if _CACHE else ""))
+        _MOMENTUM_SOA[key] = _momentum_soa.build(
+            njit, _SOA_FAST, _CACHE, n=n, d=d, individual=individual, transport=transport,
+            single=single, lanes=SOA_LANES, env=_SOA_ENV, qualname=name)
+    return _MOMENTUM_SOA[key]
+
+
+def toy_momentum_soa(theta, elr, beta, alphas, steps, tail, momentum_mode, individual, optimizer,
+                     beta2, eps, hit_loss=_mio.HIT_LOSS):
+    """`toy_momentum` lane-vectorised over blocks of `SOA_LANES` trajectories (kernels._momentum_soa;
+    heavy ball only, any shape and batch, but compiled per ``(n, d)`` and fastest for small ``n*d``)."""
+    consts = _mio.constants(theta.dtype, momentum_mode, optimizer, beta2, eps, hit_loss)
+    if consts[1]:
+        raise ValueError("toy_momentum_soa runs heavy ball only, got optimizer='adam' "
+                         "(toy_momentum runs Adam per trajectory)")
+    B, n, d = theta.shape
+    kern = _momentum_soa_kernel(int(n), int(d), bool(individual), consts[0],
+                                theta.dtype == np.float32)
+    buf, out = np.empty_like(theta), np.empty((_momentum_cpu.N_OUT, B), theta.dtype)
+    status, bad = np.empty(B, np.int8), np.empty(B, np.int64)
+    kern(theta, buf, elr, beta, alphas, int(steps), int(tail), consts[6], out, status, bad)
+    return _mio.result(out, status, bad, theta, buf, None, False)
 
 
 # -- conventional training: weight decay, no projection (kernels._wd_step, _wd_cpu) ---------------
@@ -354,5 +395,5 @@ def toy_wd(theta, lr, weight_decay, alphas, steps, tail, **levels):
     return _WD[0](theta, lr, weight_decay, alphas, steps, tail, **levels)
 
 
-__all__ = ["is_available", "rayleigh", "toy", "toy_aos", "toy_momentum", "toy_soa", "toy_wd",
-           "use_soa"]
+__all__ = ["is_available", "rayleigh", "toy", "toy_aos", "toy_momentum", "toy_momentum_aos",
+           "toy_momentum_soa", "toy_soa", "toy_wd", "use_soa"]

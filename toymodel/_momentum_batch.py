@@ -131,8 +131,13 @@ def summarize_momentum_batch(problem, theta0, elr, momentum, *, steps, tail,
                 gsq = sphere.group_sq_norms(g).sum(-1)
                 gsum += np.where(alive, np.sqrt(tot * gsq), 0)
                 asum += np.where(alive, sphere.angle_between(theta, new), 0)
-                bsq = sphere.group_sq_norms(b_prev)
-                radial = np.abs(_gdot(b_prev, theta)) / np.sqrt(np.where(bsq > 0, bsq, 1.0) * sq)
+                # b_i scaled to a unit max entry: |b_i|^2 r_i^2 underflowed to 0 late in converged
+                # runs (0/0 = NaN); the scaled |b_i|^2 lies in [1, d] (0 only for b_i = 0)
+                bmax = np.abs(b_prev).max(-1, keepdims=True)
+                bu = b_prev / np.where(bmax > 0, bmax, 1.0)
+                bsq = sphere.group_sq_norms(bu)
+                radial = np.abs(_gdot(bu, theta)) / (np.sqrt(np.where(bsq > 0, bsq, 1.0))
+                                                     * np.sqrt(sq))
                 rsum += np.where(alive, radial.max(-1), 0)
             if t % 16 == 0 or t >= start:  # the first hit to within 16 steps keeps the loop cheap
                 lt = loss if t >= start else loss_fn(theta)
