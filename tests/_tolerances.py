@@ -82,7 +82,7 @@ def tolerance(dt, problem, *, steps, tail, alphas=None, lyap_ft=0.0):
             "lyap_state": rtol * scale}
 
 
-def close(name, got, ref, rtol, atol):
+def close(name, got, ref, rtol, atol=0.0):
     """|got - ref| <= atol + rtol |ref| elementwise (per-trajectory bounds), NaN where the spec has NaN."""
     got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
     lead = (slice(None),) + (None,) * (ref.ndim - 1)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _devices import cuda_ok, cupy_ok
 from _tolerances import assert_matches, finite_time_lyapunov, tolerance
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -31,26 +32,12 @@ from toymodel.problems import RayleighToy, SphereToy
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")   # simulator overflow warnings
 
 
-def _cuda_ok():
-    if not has("numba_cuda"):
-        return False
-    from toymodel.kernels import numba_cuda
-
-    return numba_cuda.is_available()
-
-
-def _cupy_ok():
-    if not has("cupy"):
-        return False
-    from toymodel.kernels import cupy_gpu
-
-    return cupy_gpu.is_available()
 
 
 KERNELS = [pytest.param("numba", marks=pytest.mark.skipif(not has("numba"), reason="no numba")),
-           pytest.param("cuda", marks=pytest.mark.skipif(not _cuda_ok(), reason="no CUDA/simulator")),
-           pytest.param("cupy_sim", marks=pytest.mark.skipif(not _cuda_ok(), reason="no CUDA/simulator")),
-           pytest.param("cupy", marks=pytest.mark.skipif(not _cupy_ok(), reason="no CuPy device"))]
+           pytest.param("cuda", marks=pytest.mark.skipif(not cuda_ok(), reason="no CUDA/simulator")),
+           pytest.param("cupy_sim", marks=pytest.mark.skipif(not cuda_ok(), reason="no CUDA/simulator")),
+           pytest.param("cupy", marks=pytest.mark.skipif(not cupy_ok(), reason="no CuPy device"))]
 #: the toy also through numba's lane-vectorised kernel (numba_cpu.toy_soa), whatever the batch size
 #: (``numba`` dispatches the small batches of these tests to the per-trajectory kernel)
 SOA = pytest.param("numba_soa", marks=pytest.mark.skipif(not has("numba"), reason="no numba"))
@@ -388,7 +375,7 @@ def test_every_kernel_module_exports_the_protocol():
     from toymodel.kernels import _protocol
 
     mods = [kernel_module("numba")] if has("numba") else []
-    if _cuda_ok():
+    if cuda_ok():
         mods += [kernel_module("cuda"), kernel_module("cupy_sim")]
     for m in mods:
         for name in _protocol.ENTRY_POINTS:

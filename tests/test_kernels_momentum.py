@@ -12,6 +12,7 @@ the scale of the values. ``status``, ``bad_step`` and ``hit_step`` must be equal
 """
 import numpy as np
 import pytest
+from _devices import cuda_ok, cupy_ok
 from _tolerances import close, unit_roundoff, value_scale
 
 from toymodel import backend, dynamics
@@ -23,20 +24,6 @@ from toymodel.problems import SphereToy
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")   # simulator overflow warnings
 
 
-def _cuda_ok():
-    if not has("numba_cuda"):
-        return False
-    from toymodel.kernels import numba_cuda
-
-    return numba_cuda.is_available()
-
-
-def _cupy_ok():
-    if not has("cupy"):
-        return False
-    from toymodel.kernels import cupy_gpu
-
-    return cupy_gpu.is_available()
 
 
 NUMBA = pytest.param("numba", marks=pytest.mark.skipif(not has("numba"), reason="no numba"))
@@ -45,9 +32,9 @@ NUMBA = pytest.param("numba", marks=pytest.mark.skipif(not has("numba"), reason=
 #: they are partial blocks of the SoA kernel: B not a multiple of its lanes)
 NUMBA_SOA = pytest.param("numba_soa", marks=pytest.mark.skipif(not has("numba"), reason="no numba"))
 CPU = [NUMBA, NUMBA_SOA]
-GPU_KINDS = [pytest.param("cuda", marks=pytest.mark.skipif(not _cuda_ok(), reason="no CUDA/sim")),
-             pytest.param("cupy_sim", marks=pytest.mark.skipif(not _cuda_ok(), reason="no CUDA/sim")),
-             pytest.param("cupy", marks=pytest.mark.skipif(not _cupy_ok(), reason="no CuPy device"))]
+GPU_KINDS = [pytest.param("cuda", marks=pytest.mark.skipif(not cuda_ok(), reason="no CUDA/sim")),
+             pytest.param("cupy_sim", marks=pytest.mark.skipif(not cuda_ok(), reason="no CUDA/sim")),
+             pytest.param("cupy", marks=pytest.mark.skipif(not cupy_ok(), reason="no CuPy device"))]
 KINDS = [NUMBA] + GPU_KINDS
 NAMES = dynamics.SUMMARY_NAMES + EXTRA_SUMMARY_NAMES
 #: per-trajectory state arrays compared to a bound, besides theta_final

@@ -31,7 +31,8 @@ Where the bounds come from (docs/backends.md, "Conventional training (weight dec
 """
 import numpy as np
 import pytest
-from _tolerances import ops_per_step, unit_roundoff
+from _devices import cuda_ok
+from _tolerances import close, ops_per_step, unit_roundoff
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,16 +43,9 @@ from toymodel.problems import SphereToy, toy_grad
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")   # overflow in the spec
 
 
-def _cuda_ok():
-    if not has("numba_cuda"):
-        return False
-    from toymodel.kernels import numba_cuda
-
-    return numba_cuda.is_available()
-
 
 NUMBA = pytest.param("numba", marks=pytest.mark.skipif(not has("numba"), reason="no numba"))
-SIM = [pytest.param(k, marks=pytest.mark.skipif(not _cuda_ok(), reason="no CUDA/simulator"))
+SIM = [pytest.param(k, marks=pytest.mark.skipif(not cuda_ok(), reason="no CUDA/simulator"))
        for k in ("cuda", "cupy_sim")]
 KINDS = [NUMBA, *SIM]
 INT_NAMES = ("n_spikes", "first_spike", "last_spike", "group_n_spikes", "group_first_spike",
@@ -111,19 +105,6 @@ def growth(th, lr, wd, al, steps, seed=0):
         logs[t] = np.log(norm(delta) / (eps * norm(new)))[:, 0, 0]
         tw, th = new + eps * norm(new) * delta / norm(delta), new
     return np.exp(np.maximum(np.cumsum(logs[::-1], 0).max(0), 0.0))
-
-
-def close(name, got, ref, rtol, atol=0.0):
-    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
-    lead = (slice(None),) + (None,) * (ref.ndim - 1)
-    rtol = np.broadcast_to(np.asarray(rtol, float), ref.shape[:1])[lead]
-    atol = np.broadcast_to(np.asarray(atol, float), ref.shape[:1])[lead]
-    both_nan = np.isnan(got) & np.isnan(ref)
-    err = np.where(both_nan, 0.0, np.abs(got - ref))
-    bound = atol + rtol * np.abs(np.nan_to_num(ref))
-    bad = ~(err <= bound)
-    assert not bad.any(), (f"{name}: |kernel - spec| = {err[bad]} above the bound "
-                           f"{np.broadcast_to(bound, err.shape)[bad]} (kernel {got[bad]}, spec {ref[bad]})")
 
 
 def assert_same_layout_and_integers(got, ref):
