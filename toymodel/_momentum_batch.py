@@ -12,7 +12,7 @@ from . import dynamics, sphere
 from ._momentum_checks import CONVERGED_LOSS, check_mode, check_momentum_array
 from ._momentum_steps import _gdot, adam_individual_elr, adam_step, heavy_ball_step
 from ._validate import alphas_array, positive_finite_array, positive_int, tail_within
-from .dynamics import STATUS_NONFINITE, STATUS_OK, STATUS_ZERO_NORM, SUMMARY_NAMES
+from .dynamics import STATUS_OK, SUMMARY_NAMES
 from .problems import SphereToy
 
 #: summaries written by `summarize_momentum_batch` besides `toymodel.dynamics.SUMMARY_NAMES`.
@@ -105,13 +105,8 @@ def summarize_momentum_batch(problem, theta0, elr, momentum, *, steps, tail,
                 new, buf_new = heavy_ball_step(theta, buf, g, lr, beta, momentum_mode,
                                                constraint, target)
             sq = sphere.group_sq_norms(theta)
-            sq_new = sphere.group_sq_norms(new)
-            fail_nf = ~np.all(np.isfinite(new), axis=(-2, -1)) & alive
-            fail_zero = ~np.all(sq_new > 0, axis=-1) & alive & ~fail_nf
-            for code, fail in ((STATUS_NONFINITE, fail_nf), (STATUS_ZERO_NORM, fail_zero)):
-                status[fail] = code
-                bad_step[fail] = t
-            alive &= ~(fail_nf | fail_zero)
+            failed = dynamics.flag_failures(new, alive, status, bad_step, t)
+            alive &= ~failed
             live3 = alive[:, None, None]
             if t >= start:
                 k = t - start + 1

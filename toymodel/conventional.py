@@ -38,8 +38,7 @@ import numpy as np
 from . import regimes, sphere
 from ._progress import progress
 from ._validate import check_memory, positive_finite, positive_int
-from .dynamics import (STATUS_NONFINITE, STATUS_ZERO_NORM, Trajectory, initial_state,
-                       simulate_bytes)
+from .dynamics import Trajectory, flag_failures, initial_state, simulate_bytes
 from .problems import SphereToy, as_problem, toy_grad, toy_group_losses
 
 from .periodic import (MIN_SPIKES, PERIODIC, SPIKE_FRAC, Periodicity,  # noqa: F401,E402
@@ -245,12 +244,7 @@ def summarize_wd_batch(problem, theta0, lr, weight_decay, *, steps, tail, alphas
                 gl = problem.group_losses(theta)
             new = q[:, None, None] * theta - lr[:, None, None] * g
             sq = sphere.group_sq_norms(theta)
-            sq_new = sphere.group_sq_norms(new)
-            fail_nf = ~np.all(np.isfinite(new), axis=(-2, -1)) & alive
-            fail_zero = ~np.all(sq_new > 0, axis=-1) & alive & ~fail_nf
-            for code, fail in ((STATUS_NONFINITE, fail_nf), (STATUS_ZERO_NORM, fail_zero)):
-                status[fail] = code
-                bad_step[fail] = t
+            failed = flag_failures(new, alive, status, bad_step, t)
             if traces:
                 tr_loss[t] = gl
                 tr_elr[t] = lr[:, None] / (q[:, None] * sq)
@@ -274,7 +268,7 @@ def summarize_wd_batch(problem, theta0, lr, weight_decay, *, steps, tail, alphas
                     lst[onset] = t
                     arm[...] = np.where(x <= conv_rtol * lvl, True, np.where(x >= spike_frac * lvl,
                                                                               False, arm))
-            alive &= ~(fail_nf | fail_zero)
+            alive &= ~failed
             theta = np.where(alive[:, None, None], new, theta)
         final_loss = (toy_group_losses(theta, alphas) if is_toy else problem.group_losses(theta)).sum(-1)
         # the loss squares the off-minimiser component and underflows long before the state does

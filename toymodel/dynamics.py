@@ -257,6 +257,19 @@ def simulate(problem, elr, steps, theta0=None, seed=0, constraint="total", radiu
 
 
 # -- many trajectories, summaries only (the NumPy backend, and the kernel contract) ---------------------
+def flag_failures(new, alive, status, bad_step, t: int) -> np.ndarray:
+    """The batch specifications' failure check of step ``t``: among the ``alive`` trajectories,
+    those whose next state ``new`` ``(B, n, d)`` is non-finite (`STATUS_NONFINITE`) or has a group
+    of zero norm (`STATUS_ZERO_NORM`) get their code in ``status`` and ``t`` in ``bad_step`` (both
+    updated in place); returns their mask. The caller freezes them (``alive &= ~failed``)."""
+    fail_nf = ~np.all(np.isfinite(new), axis=(-2, -1)) & alive
+    fail_zero = ~np.all(sphere.group_sq_norms(new) > 0, axis=-1) & alive & ~fail_nf
+    for code, fail in ((STATUS_NONFINITE, fail_nf), (STATUS_ZERO_NORM, fail_zero)):
+        status[fail] = code
+        bad_step[fail] = t
+    return fail_nf | fail_zero
+
+
 def summarize_batch(problem, theta0, elr, *, steps, tail, constraint="total", alphas=None,
                     twin_dirs=None):
     r"""Run ``B`` independent trajectories and reduce them to per-trajectory summaries.
@@ -316,13 +329,8 @@ def summarize_batch(problem, theta0, elr, *, steps, tail, constraint="total", al
             g = grad_fn(theta)
             new = step(theta, g, lr, constraint, target)
             sq = sphere.group_sq_norms(theta)
-            sq_new = sphere.group_sq_norms(new)
-            fail_nf = ~np.all(np.isfinite(new), axis=(-2, -1)) & alive
-            fail_zero = ~np.all(sq_new > 0, axis=-1) & alive & ~fail_nf
-            for code, fail in ((STATUS_NONFINITE, fail_nf), (STATUS_ZERO_NORM, fail_zero)):
-                status[fail] = code
-                bad_step[fail] = t
-            alive &= ~(fail_nf | fail_zero)
+            failed = flag_failures(new, alive, status, bad_step, t)
+            alive &= ~failed
             if t >= start:
                 k = t - start + 1
                 loss = loss_fn(theta)
