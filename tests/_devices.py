@@ -20,3 +20,33 @@ def cupy_ok() -> bool:
     from toymodel.kernels import cupy_gpu
 
     return cupy_gpu.is_available()
+
+
+def float64_leaks(roots, allowed=frozenset()):
+    """The float64 variables of compiled numba dispatchers ``roots`` and of every dispatcher they
+    call (read from the typed IR of their compiled overloads), by function name, leaving out
+    ``allowed`` names, numba temporaries and arguments; and the number of dispatchers walked. A
+    float32 kernel whose arithmetic stays float32 has none."""
+    from numba.core import types as nt
+
+    seen, leaks = set(), {}
+
+    def walk(disp):
+        if id(disp) in seen:
+            return
+        seen.add(id(disp))
+        fn = disp.py_func
+        refs = [c.cell_contents for c in (fn.__closure__ or ())]
+        refs += [fn.__globals__[k] for k in fn.__code__.co_names if k in fn.__globals__]
+        for cres in disp.overloads.values():
+            f64 = {k.split(".")[0] for k, v in cres.type_annotation.typemap.items()
+                   if v == nt.float64 and not k.startswith(("$", "arg."))}
+            if f64 - set(allowed):
+                leaks[fn.__name__] = sorted(f64 - set(allowed))
+        for r in refs:
+            if hasattr(r, "overloads") and hasattr(r, "py_func"):
+                walk(r)
+
+    for root in roots:
+        walk(root)
+    return leaks, len(seen)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _devices import cuda_ok, cupy_ok
+from _devices import cuda_ok, cupy_ok, float64_leaks
 from _tolerances import assert_matches, finite_time_lyapunov, tolerance
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -346,28 +346,8 @@ def test_state_arithmetic_runs_in_the_state_dtype():
                             acc, out, i64))
     # float64 on purpose: the threshold count, the Welford update and the summaries (accumulators)
     allowed = {"above", "delta", "var", "nan"}
-    seen, leaks = set(), {}
-
-    def walk(disp):
-        if id(disp) in seen:
-            return
-        seen.add(id(disp))
-        fn = disp.py_func
-        refs = [c.cell_contents for c in (fn.__closure__ or ())]
-        refs += [fn.__globals__[k] for k in fn.__code__.co_names if k in fn.__globals__]
-        for cres in disp.overloads.values():
-            tm = cres.type_annotation.typemap
-            f64_vars = {k.split(".")[0] for k, v in tm.items()
-                        if v == f64 and not k.startswith(("$", "arg."))}
-            if f64_vars - allowed:
-                leaks[fn.__name__] = sorted(f64_vars - allowed)
-        for r in refs:
-            if hasattr(r, "overloads") and hasattr(r, "py_func"):
-                walk(r)
-
-    walk(T.toy_run)
-    walk(T.rayleigh_run)
-    assert len(seen) > 10 and not leaks, leaks
+    leaks, seen = float64_leaks([T.toy_run, T.rayleigh_run], allowed)
+    assert seen > 10 and not leaks, leaks
 
 
 # -- the protocol ------------------------------------------------------------------------------

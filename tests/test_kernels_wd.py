@@ -31,7 +31,7 @@ Where the bounds come from (docs/backends.md, "Conventional training (weight dec
 """
 import numpy as np
 import pytest
-from _devices import cuda_ok
+from _devices import cuda_ok, float64_leaks
 from _tolerances import close, ops_per_step, unit_roundoff
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -309,23 +309,5 @@ def test_float32_runs_touch_no_float64():
     I1, B1 = nt.Array(i64, 1, "A"), nt.Array(nt.boolean, 1, "A")
     run.compile((A2, A2, A1, f32, f32, i64, i64, f32, f32, f32, A2, A1, I1, I1, I1, B1,
                  nt.Array(f32, 2, "C"), nt.Array(i64, 2, "C"), i64))
-    seen, leaks = set(), {}
-
-    def walk(disp):
-        if id(disp) in seen:
-            return
-        seen.add(id(disp))
-        fn = disp.py_func
-        refs = [c.cell_contents for c in (fn.__closure__ or ())]
-        refs += [fn.__globals__[k] for k in fn.__code__.co_names if k in fn.__globals__]
-        for cres in disp.overloads.values():
-            bad = {k.split(".")[0] for k, v in cres.type_annotation.typemap.items()
-                   if v == nt.float64 and not k.startswith(("$", "arg."))}
-            if bad:
-                leaks[fn.__name__] = sorted(bad)
-        for r in refs:
-            if hasattr(r, "overloads") and hasattr(r, "py_func"):
-                walk(r)
-
-    walk(run)
-    assert len(seen) >= 5 and not leaks, leaks
+    leaks, seen = float64_leaks([run])
+    assert seen >= 5 and not leaks, leaks
