@@ -170,3 +170,20 @@ def test_cupy_arrays_need_the_cupy_backend():
     x = cupy.ones((1, 1, 2))
     with pytest.raises(ValueError, match="CuPy arrays"):
         backend.resolve("numba", x)
+
+
+@pytest.mark.parametrize("fn, kw, match", [
+    ("summarize_wd", {"lr": -0.1, "weight_decay": 0.1}, r"lr must be positive and finite .* got -0\.1"),
+    ("summarize_wd", {"lr": 2.0, "weight_decay": [0.1, 0.6]}, r"lr=2\.0, weight_decay=0\.6 \(product 1\.2"),
+    ("summarize_wd", {"lr": 1.0, "weight_decay": -1.0}, r"weight_decay must be finite numbers >= 0, got -1\.0"),
+    ("summarize_momentum", {"elr": 0.1, "momentum": 1.5}, r"momentum must be in \[0, 1\), got 1\.5"),
+    ("summarize_momentum", {"elr": 0.0, "momentum": 0.5}, r"elr must be positive and finite .* got 0\.0"),
+    ("summarize_momentum", {"elr": 0.1, "momentum": 0.5, "optimizer": "adam", "beta2": 1.0},
+     r"beta2 must be a number in \[0, 1\), got 1\.0"),
+    ("summarize_momentum", {"elr": 0.1, "momentum": 0.5, "optimizer": "adam", "eps": 0.0}, r"eps"),
+])
+def test_mode_entry_points_refuse_bad_parameters_naming_them(fn, kw, match):
+    p = SphereToy([1.0, 2.0, 4.0])
+    theta0 = dynamics.initial_states(p, [0, 1])
+    with pytest.raises(ValueError, match=match):
+        getattr(backend, fn)(p, theta0, steps=4, tail=2, backend="numpy", **kw)

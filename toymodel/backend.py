@@ -22,7 +22,8 @@ import numpy as np
 
 from . import dynamics
 from ._deps import INSTALL_HINTS, has, require
-from ._validate import constraint_name, positive_int, tail_within
+from ._validate import (constraint_name, positive_finite, positive_finite_array, positive_int,
+                        tail_within)
 from .problems import RayleighToy, SphereToy
 
 BACKENDS = ("auto", "numpy", "numba", "cuda", "cupy")
@@ -242,12 +243,16 @@ def summarize_wd(problem, theta0, lr, weight_decay, *, steps, tail, alphas=None,
     `toymodel.conventional.summarize_wd_batch` (the same keys, plus ``backend``).
 
     ``theta0`` ``(B, n, d)`` as given (its norm matters), ``lr`` and ``weight_decay`` ``(B,)`` or
-    broadcasting, with ``lr*weight_decay < 1``; ``alphas`` ``(B, n)`` or ``None``. The kernels
+    broadcasting, with ``lr*weight_decay < 1`` (bad values raise ``ValueError`` naming the first,
+    before any work); ``alphas`` ``(B, n)`` or ``None``. The kernels
     (``"numba"``, ``"cuda"``) equal the specification to 1e-12 in float64 (tests/test_kernels_wd.py).
     """
     name = _mode_backend(backend, "wd", problem, theta0)
     steps = positive_int("steps", steps)
     tail = tail_within(tail, steps)
+    from .conventional import check_decay_arrays
+
+    check_decay_arrays(lr, weight_decay)
     if name == "numpy":
         from .conventional import summarize_wd_batch
 
@@ -272,13 +277,22 @@ def summarize_momentum(problem, theta0, elr, momentum, *, steps, tail, momentum_
 
     ``theta0`` ``(B, n, d)`` on the constraint set, ``elr`` and ``momentum`` ``(B,)`` or
     broadcasting; ``momentum_mode`` ``"official"`` or ``"transport"``; ``optimizer``
-    ``"heavy_ball"`` or ``"adam"`` (with ``beta2``, ``eps``). The kernels equal the specification
+    ``"heavy_ball"`` or ``"adam"`` (with ``beta2``, ``eps``); an ELR that is not positive and finite,
+    a momentum or ``beta2`` outside [0, 1) or ``eps <= 0`` raise ``ValueError`` naming the value.
+    The kernels equal the specification
     to 1e-12 in float64 (tests/test_kernels_momentum.py).
     """
     name = _mode_backend(backend, "momentum", problem, theta0)
     steps = positive_int("steps", steps)
     tail = tail_within(tail, steps)
     constraint = constraint_name(constraint)
+    from ._momentum_checks import check_momentum, check_momentum_array
+
+    positive_finite_array("elr", elr)
+    check_momentum_array(momentum, "momentum (beta1 for Adam)" if optimizer == "adam" else "momentum")
+    if optimizer == "adam":
+        check_momentum(beta2, "beta2")
+        positive_finite("eps", eps)
     if name == "numpy":
         from ._momentum_batch import summarize_momentum_batch
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from . import regimes, sphere
 from ._progress import progress
-from ._validate import check_memory, positive_finite, positive_int
+from ._validate import check_memory, positive_finite, positive_finite_array, positive_int
 from .dynamics import Trajectory, flag_failures, initial_state, simulate_bytes
 from .problems import SphereToy, as_problem, toy_grad, toy_group_losses
 
@@ -67,6 +67,27 @@ def _decay(lr, weight_decay):
         raise ValueError(f"lr*weight_decay must be below 1 (the decay factor 1 - lr*weight_decay must "
                          f"be positive), got lr={lr!r}, weight_decay={wd!r} (product {lr * wd!r})")
     return lr, wd
+
+
+def check_decay_arrays(lr, weight_decay) -> None:
+    """Refuse ``(lr, weight_decay)`` arrays unless every lr > 0 is finite, every weight_decay >= 0 is
+    finite and every product is below 1, naming the first offending value (or pair)."""
+    lr = positive_finite_array("lr", lr)
+    try:
+        wd = np.asarray(weight_decay, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"weight_decay must be finite numbers >= 0, got {weight_decay!r}") from None
+    bad = ~(np.isfinite(wd) & (wd >= 0))
+    if bad.any():
+        raise ValueError(f"weight_decay must be finite numbers >= 0, got "
+                         f"{float(wd.ravel()[np.flatnonzero(bad.ravel())[0]])!r}")
+    lr, wd = np.broadcast_arrays(lr, wd)
+    over = lr * wd >= 1.0
+    if over.any():
+        i = np.flatnonzero(over.ravel())[0]
+        a, b = float(lr.ravel()[i]), float(wd.ravel()[i])
+        raise ValueError(f"lr*weight_decay must be below 1 (the decay factor 1 - lr*weight_decay "
+                         f"must be positive), got lr={a!r}, weight_decay={b!r} (product {a * b!r})")
 
 
 # -- one step --------------------------------------------------------------------------------------
