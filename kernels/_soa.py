@@ -64,7 +64,6 @@ from ._soa_layout import (
     D,
     L,
     N,
-    _asin,
     _log,
     bind,
     get_fpmode,
@@ -80,97 +79,101 @@ from ._soa_layout import (
 
 
 # -- one step of a block ----------------------------------------------------------------------------
-def lane_step(W, A):
-    r"""One step of the block's ``L`` trajectories: the state rows become
-    $P(\theta-\eta\nabla F(\theta))$ (T5) where the lane is alive and the new state is valid; a lane
-    whose new state is non-finite or has a zero-norm group gets its status, negated until
-    `mark_failed` records the step, and stays frozen; returns whether any lane failed. In tail
-    steps (``TAIL``) it leaves the loss, share, threshold count, effective gradient norm and angle
-    of the step's start in the ``R_TL`` rows for `fold_tail`. Arithmetic of `_toy_step._toy_step`
-    per lane; nothing here is float64 for a float32 state."""
-    dt = W.dtype.type
-    zero = dt(0.0)
-    one = dt(1.0)
-    two = dt(2.0)
-    failed = False   # an or-reduction over lanes: a count (int32 or int64) halves the float32 width
-    for l in range(L):
-        lr = W[R_LR * L + l]
-        totv = zero
-        loss = zero
-        gsq = zero
-        tot = zero
-        smin = dt(math.inf)
-        above = zero
-        # pass 1: gradient and update v = theta - lr g into the R_NW rows, group sums |v_i|^2
-        for i in range(N):
-            c = (R_TH + i * D) * L + l
-            x = W[c]
-            perp = W[c + L] * W[c + L]
-            for k in range(2, D):
-                perp += W[c + k * L] * W[c + k * L]
-            sq = perp + x * x
-            a = W[(R_AL + i) * L + l]
-            inv = one / sq                 # one division for the coefficient and the loss
-            coef = two * a * inv * inv
-            g0 = -coef * x * perp
-            c2 = coef * x * x
-            v0 = x - lr * g0
-            W[c + R_NW * L] = v0
-            vs = v0 * v0
-            gs = g0 * g0
-            for k in range(1, D):
-                gk = c2 * W[c + k * L]
-                vk = W[c + k * L] - lr * gk
-                W[c + (R_NW + k) * L] = vk
-                vs += vk * vk
-                gs += gk * gk
-            W[(R_SV + i) * L + l] = vs
-            totv += vs
-            if TAIL:
-                loss += a * (perp * inv)
-                gsq += gs
-                tot += sq
-                smin = min(smin, sq)
-                above += one if lr * a > sq else zero
-        # pass 2: rescale (T5) and the status of the new state from its group sums
-        f = W[R_RHO * L + l] / sqrt(totv)
-        nonfinite = False
-        zero_norm = False
-        tot_new = zero
-        for i in range(N):
-            fi = W[(R_RAD + i) * L + l] / sqrt(W[(R_SV + i) * L + l]) if INDIVIDUAL else f
-            s = zero
-            for k in range(D):
-                q = (R_NW + i * D + k) * L + l
-                nk = W[q] * fi
-                W[q] = nk
-                s += nk * nk
-            nonfinite = nonfinite | (not s < math.inf)   # inf or NaN: finiteness without a call
-            zero_norm = zero_norm | (not s > zero)
-            tot_new += s
-        code = one if nonfinite else (two if zero_norm else zero)
-        st = W[R_ST * L + l]
-        alive = st == zero
-        ok = alive & (code == zero)
-        fail = alive & (code != zero)
-        W[R_ST * L + l] = -code if fail else st
-        failed = failed | fail
-        if TAIL:
-            # chord |theta/|theta| - new/|new||, reciprocal norms instead of divisions (T6)
-            ia = one / sqrt(tot)
-            ib = one / sqrt(tot_new)
-            c2s = zero
-            for j in range(N * D):
-                u = W[(R_TH + j) * L + l] * ia - W[(R_NW + j) * L + l] * ib
-                c2s += u * u
-            W[R_TL * L + l] = loss
-            W[(R_TL + 1) * L + l] = smin * (ia * ia)
-            W[(R_TL + 2) * L + l] = above
-            W[(R_TL + 3) * L + l] = sqrt(tot * gsq)
-            W[(R_TL + 4) * L + l] = two * _asin(min(dt(0.5) * sqrt(c2s), one))   # as the spec: in dtype
-        for j in range(N * D):
-            W[(R_TH + j) * L + l] = W[(R_NW + j) * L + l] if ok else W[(R_TH + j) * L + l]
-    return failed
+def step_source(n: int, d: int, individual: bool, tail: bool) -> str:
+    r"""Python source of ``lane_step(W, A)`` for one shape and setting, unrolled over groups and
+    coordinates so that a lane's whole state lives in scalars (registers) through the step.
+
+    One step of the block's ``L`` trajectories: the state rows become $P(\theta-\eta\nabla
+    F(\theta))$ (T5) where the lane is alive and the new state is valid; a lane whose new state is
+    non-finite or has a zero-norm group gets its status, negated until `mark_failed` records the
+    step, and stays frozen; it returns whether any lane failed. In tail steps (``tail``) it leaves
+    the loss, share, threshold count, effective gradient norm and angle of the step's start in the
+    ``R_TL`` rows for `fold_tail`. Per lane and group $i$, with $x=\theta_{i,0}$,
+    $p=\sum_{k\ge1}\theta_{i,k}^2$, $r=p+x^2$: $c=2\alpha_i/r^2$ (one division, $1/r$, shared
+    with the loss $\alpha_i p/r$), $g_0=-c\,x\,p$, $g_k=c\,x^2\theta_{i,k}$, $v=\theta_i-\eta g$;
+    then the rescale $\rho/\|v\|$ (total) or $r_i/\|v_i\|$ (individual), the status from the
+    new group sums, and in tail steps the chord's angle (T6) with reciprocal norms. The operations
+    and their order are those of `_toy_step._toy_step` per lane (the spec's, up to the order of
+    sums); nothing is float64 for a float32 state.
+
+    A template with loops over ``N`` and ``D`` (unrolled by LLVM) kept the intermediate update and
+    group sums in scratch rows of ``W``, stored and reloaded within the lane: written out as
+    scalars the step holds them in registers, measured 1.1-1.2x faster in the kernel (2x in
+    isolation). The source is generated rather than written per shape; ``R_TH`` is row 0."""
+    x = [[f"x{i}_{k}" for k in range(d)] for i in range(n)]
+    v = [[f"v{i}_{k}" for k in range(d)] for i in range(n)]
+    m = [[f"n{i}_{k}" for k in range(d)] for i in range(n)]
+    body = ["lr = W[R_LR * L + l]"]
+    body += [f"{x[i][k]} = W[{i * d + k} * L + l]" for i in range(n) for k in range(d)]
+    if tail:
+        body += ["loss = zero", "gsq = zero", "tot = zero", "smin = dt(math.inf)", "above = zero"]
+    for i in range(n):
+        xi = x[i]
+        body += [f"perp{i} = " + " + ".join(f"{xi[k]} * {xi[k]}" for k in range(1, d)),
+                 f"sq{i} = perp{i} + {xi[0]} * {xi[0]}",
+                 f"a{i} = W[(R_AL + {i}) * L + l]",
+                 f"inv{i} = one / sq{i}",          # one division for the coefficient and the loss
+                 f"coef = two * a{i} * inv{i} * inv{i}",
+                 f"g0 = -coef * {xi[0]} * perp{i}",
+                 f"c2 = coef * {xi[0]} * {xi[0]}",
+                 f"{v[i][0]} = {xi[0]} - lr * g0",
+                 f"vs{i} = {v[i][0]} * {v[i][0]}"]
+        body += ["gs = g0 * g0"] if tail else []
+        for k in range(1, d):
+            body += [f"gk = c2 * {xi[k]}", f"{v[i][k]} = {xi[k]} - lr * gk",
+                     f"vs{i} += {v[i][k]} * {v[i][k]}"]
+            body += ["gs += gk * gk"] if tail else []
+        if tail:
+            body += [f"loss += a{i} * (perp{i} * inv{i})", "gsq += gs", f"tot += sq{i}",
+                     f"smin = min(smin, sq{i})", f"above += one if lr * a{i} > sq{i} else zero"]
+    # the rescale (T5) and the status of the new state from its group sums
+    body.append("totv = zero + " + " + ".join(f"vs{i}" for i in range(n)))
+    if not individual:
+        body.append("f = W[R_RHO * L + l] / sqrt(totv)")
+    for i in range(n):
+        body.append(f"fi = W[(R_RAD + {i}) * L + l] / sqrt(vs{i})" if individual else "fi = f")
+        body += [f"{m[i][k]} = {v[i][k]} * fi" for k in range(d)]
+        body.append(f"s{i} = zero + " + " + ".join(f"{m[i][k]} * {m[i][k]}" for k in range(d)))
+    body += ["nonfinite = " + " | ".join(f"(not s{i} < math.inf)" for i in range(n)),
+             "zero_norm = " + " | ".join(f"(not s{i} > zero)" for i in range(n)),
+             "code = one if nonfinite else (two if zero_norm else zero)",
+             "st = W[R_ST * L + l]",
+             "alive = st == zero",
+             "ok = alive & (code == zero)",
+             "fail = alive & (code != zero)",
+             "W[R_ST * L + l] = -code if fail else st",
+             "failed = failed | fail"]
+    if tail:   # chord |theta/|theta| - new/|new||, reciprocal norms instead of divisions (T6)
+        body += ["tot_new = zero + " + " + ".join(f"s{i}" for i in range(n)),
+                 "ia = one / sqrt(tot)", "ib = one / sqrt(tot_new)", "c2s = zero"]
+        body += [f"u = {x[i][k]} * ia - {m[i][k]} * ib\nc2s += u * u"
+                 for i in range(n) for k in range(d)]
+        body += ["W[R_TL * L + l] = loss",
+                 "W[(R_TL + 1) * L + l] = smin * (ia * ia)",
+                 "W[(R_TL + 2) * L + l] = above",
+                 "W[(R_TL + 3) * L + l] = sqrt(tot * gsq)",
+                 "W[(R_TL + 4) * L + l] = two * _asin(min(dt(0.5) * sqrt(c2s), one))"]  # in dtype
+    body += [f"W[{i * d + k} * L + l] = {m[i][k]} if ok else {x[i][k]}"
+             for i in range(n) for k in range(d)]
+    lines = "\n".join(body).replace("\n", "\n        ")
+    return ("def lane_step(W, A):\n"
+            "    dt = W.dtype.type\n    zero = dt(0.0)\n    one = dt(1.0)\n    two = dt(2.0)\n"
+            "    failed = False   # an or-reduction over lanes: a count halves the float32 width\n"
+            "    for l in range(L):\n"
+            f"        {lines}\n"
+            "    return failed\n")
+
+
+def unrolled_step(n, d, individual, tail, names, qualname):
+    """The function `step_source` writes, its globals ``names`` (the layout's rows, ``L``,
+    ``sqrt``, ``_asin``), named ``qualname`` (uncompiled: the caller jits it)."""
+    if names["R_TH"] != 0:
+        raise ValueError("step_source assumes the state rows start the block (R_TH == 0)")
+    ns = dict(names, math=math)
+    exec(compile(step_source(n, d, individual, tail), f"<{qualname}>", "exec"), ns)
+    fn = ns["lane_step"]
+    fn.__qualname__ = qualname
+    return fn
 
 
 def fold_tail(W, A, invk):
@@ -328,7 +331,7 @@ def build(jit, pjit, *, n, d, individual, twin, single, lanes, env, qualname):
     fns = dict(const)
     for tail in (False, True):
         sfx = "tail" if tail else "plain"
-        fns[f"step_{sfx}"] = jit(bind(lane_step, dict(g, TAIL=tail), own(f"step_{sfx}")))
+        fns[f"step_{sfx}"] = jit(unrolled_step(n, d, individual, tail, g, own(f"step_{sfx}")))
         fns[f"twin_{sfx}"] = jit(bind(lane_twin if twin else no_twin, dict(g, TAIL=tail),
                                       own(f"twin_{sfx}")))
     fns["mark_failed"] = jit(bind(mark_failed, const, own("mark_failed")))

@@ -542,7 +542,8 @@ def test_soa_float32_arithmetic_runs_in_the_state_dtype():
     allowed = {"stretch"}
     leaks = {}
     for tail in (False, True):
-        for tmpl, sig in ((_soa.lane_step, (W, A)), (_soa.lane_twin, (W, A, f32, f32))):
+        step = _soa.unrolled_step(3, 2, True, tail, g, f"probe_step_{tail}")
+        for tmpl, sig in ((step, (W, A)), (_soa.lane_twin, (W, A, f32, f32))):
             disp = jit(_soa.bind(tmpl, dict(g, TAIL=tail)))
             disp.compile(sig)
             for cres in disp.overloads.values():
