@@ -2,9 +2,14 @@
 
 * `plain_soa`: a plain structure-of-arrays numba kernel of the same toy step (trajectories
   innermost in blocks of 256 lanes, ``n`` and ``d`` at run time, one loop nest per operation over
-  arrays of the block, tail loss only, no status checks): what a straightforward lane-vectorised
-  rewrite gives, the yardstick of the fused kernel (kernels/_soa.py), which also computes every
-  summary and status;
+  arrays of the block, tail loss only, no status checks), compiled two ways: *tuned* (``prange``
+  over blocks, numpy error model, fastmath reassoc+contract: what a straightforward lane-vectorised
+  rewrite gives with the project's compiler settings, the yardstick of the fused kernel
+  kernels/_soa.py, which also computes every summary and status) and with *numba's defaults*
+  (``@njit``: one thread, Python's error model, whose division checks keep the lane loops scalar,
+  no fastmath). The performance issue's "plain SoA kernel" was measured at 2.8x the per-trajectory
+  kernel of its day; on this machine the defaults build runs at ~2x the per-trajectory kernel, the
+  tuned one at ~9x (both printed by bench_kernels.py), so the two bracket the issue's baseline;
 * `jax_run`: ``jit(vmap(lax.scan))`` of the same step, tail loss only (JAX is optional);
 * `python_loop`: the uncompiled trajectory code of kernels._trajectory on one trajectory.
 """
@@ -19,8 +24,7 @@ from numba import njit, prange
 LANES = 256
 
 
-@njit(parallel=True, error_model="numpy", fastmath={"reassoc", "contract"}, nogil=True)
-def _plain_soa(theta, elr, alphas, individual, steps, tail, out):
+def _plain_soa_py(theta, elr, alphas, individual, steps, tail, out):
     B, n, d = theta.shape
     start = steps - tail
     for blk in prange((B + LANES - 1) // LANES):
@@ -105,13 +109,20 @@ def _plain_soa(theta, elr, alphas, individual, steps, tail, out):
                     theta[b0 + lane, i, k] = th[i, k, lane]
 
 
-def plain_soa(theta0, elr, alphas, constraint, steps, tail):
-    """Tail-mean loss per trajectory from the plain SoA kernel (float64)."""
+_plain_soa = njit(parallel=True, error_model="numpy", fastmath={"reassoc", "contract"},
+                  nogil=True)(_plain_soa_py)
+_plain_soa_defaults = njit(_plain_soa_py)   # prange runs as range without parallel=True
+
+
+def plain_soa(theta0, elr, alphas, constraint, steps, tail, defaults=False):
+    """Tail-mean loss per trajectory from the plain SoA kernel (float64): the tuned build, or
+    numba's defaults (``defaults=True``)."""
     theta = np.array(theta0, np.float64, copy=True, order="C")
     out = np.empty(theta.shape[0])
     al = np.ascontiguousarray(np.broadcast_to(alphas, theta.shape[:2]), dtype=np.float64)
-    _plain_soa(theta, np.ascontiguousarray(elr, dtype=np.float64), al,
-               constraint == "individual", int(steps), int(tail), out)
+    kern = _plain_soa_defaults if defaults else _plain_soa
+    kern(theta, np.ascontiguousarray(elr, dtype=np.float64), al,
+         constraint == "individual", int(steps), int(tail), out)
     return out
 
 

@@ -42,6 +42,13 @@ from toymodel import backend, dynamics, regimes, theory  # noqa: E402
 from toymodel._deps import has  # noqa: E402
 from toymodel.problems import RayleighToy, SphereToy  # noqa: E402
 
+PLAIN = "plain SoA numba [loss only]"
+PLAIN_DEFAULTS = "plain SoA numba, @njit defaults [loss only]"
+#: the issue's calibration of its plain SoA kernel: 5.6e8 element-steps/s against 2.0e8 for the
+#: per-trajectory kernel and 1.55e8 for the scan end to end, on the filer's 2-core machine
+ISSUE_PLAIN_OVER_KERNEL = 5.6e8 / 2.0e8
+ISSUE_SCAN_OVER_PLAIN = 1.55e8 / 5.6e8
+
 #: tail window as a fraction of the steps, as in scans (CLI defaults --steps 20000 --tail 2000).
 TAIL_FRACTION = 0.1
 
@@ -195,6 +202,10 @@ def bench_workload(title, problem, constraint, B, steps, kind, gpus, rounds):
             add("plain SoA numba [loss only]", lambda: lambda: _baselines.plain_soa(
                 th0, elr, problem.alphas, constraint, steps, tail),
                 lambda: _baselines.plain_soa(th0[:80], elr[:80], problem.alphas, constraint, 2, 1))
+            add(PLAIN_DEFAULTS, lambda: lambda: _baselines.plain_soa(
+                th0, elr, problem.alphas, constraint, steps, tail, defaults=True),
+                lambda: _baselines.plain_soa(th0[:80], elr[:80], problem.alphas, constraint, 2, 1,
+                                             defaults=True))
             add("numba per-trajectory kernel", lambda: _kernel_call(
                 nc.toy_aos, problem, th0, elr, steps, tail, constraint))
             numba_name = f"numba ({'SoA' if nc.use_soa(B, n, d) else 'per-trajectory'} kernel)"
@@ -236,7 +247,7 @@ def print_workload(res, peak, gpus):
     if nb is None:
         return
     parts = [f"{res['numba']} / {k} = {nb / rates[k]:.2f}" for k in rates
-             if k in ("numba per-trajectory kernel", "plain SoA numba [loss only]",
+             if k in ("numba per-trajectory kernel", PLAIN, PLAIN_DEFAULTS,
                       "jax jit(vmap(scan)) [loss only]", "numpy (summarize_batch)")]
     if "numba float32" in rates:
         parts.append(f"float32 / float64 = {rates['numba float32'] / nb:.2f}")
@@ -256,7 +267,7 @@ def roofline(results, ceil):
         kern = "soa" if "SoA" in res["numba"] else "aos"
         rows = [(kern, res["rates"][res["numba"]])]
         if kern == "soa":
-            rows.append(("plain", res["rates"]["plain SoA numba [loss only]"]))
+            rows.append(("plain", res["rates"][PLAIN]))
         for kern, rate in rows:
             fl, dv, sq = op_counts(kern, res["n"], res["d"])
             c_div = 1.0 / (dv / ceil["div"] + sq / ceil["sqrt"])   # one divide/sqrt unit per core
@@ -343,14 +354,38 @@ def scan_end_to_end(res):
     elrs = np.geomspace(0.3, 3.0, res["B"] // seeds) / 7.0
     kw = dict(seeds=seeds, steps=res["steps"], tail=res["tail"], backend="numba",
               progress_bar=False)
-    toymodel.scan([1.0, 2.0, 4.0], elrs[:4], **dict(kw, steps=2, tail=1))
-    best = min(_timed(lambda: toymodel.scan([1.0, 2.0, 4.0], elrs, **kw)) for _ in range(3))
-    rate = elrs.size * seeds * 6 * res["steps"] / best
-    plain = res["rates"]["plain SoA numba [loss only]"]
+    from toymodel.kernels import numba_cpu as nc
+
+    def run(per_trajectory=False):
+        keep = nc.SOA_MAX_ELEMENTS
+        nc.SOA_MAX_ELEMENTS = 0 if per_trajectory else keep   # the dispatch's shape rule, off
+        try:
+            toymodel.scan([1.0, 2.0, 4.0], elrs[:4], **dict(kw, steps=2, tail=1))
+            return min(_timed(lambda: toymodel.scan([1.0, 2.0, 4.0], elrs, **kw))
+                       for _ in range(3))
+        finally:
+            nc.SOA_MAX_ELEMENTS = keep
+    el = elrs.size * seeds * 6 * res["steps"]
+    rate, old = el / run(), el / run(per_trajectory=True)
+    rates = res["rates"]
+    plain, plain_d = rates[PLAIN], rates[PLAIN_DEFAULTS]
+    old_kernel = rates["numba per-trajectory kernel"]
     print(f"\nscan end-to-end (toymodel.scan, {elrs.size} ELRs x {seeds} seeds, steps="
-          f"{res['steps']}): {rate:.3g} element-steps/s = {rate / plain:.2f} x the plain SoA kernel, "
-          f"{rate / res['rates'][res['numba']]:.2f} x the kernel alone")
-    return rate
+          f"{res['steps']}): {rate:.3g} element-steps/s = {rate / plain:.2f} x the plain SoA kernel "
+          f"(tuned), {rate / plain_d:.2f} x the plain SoA kernel (numba defaults), "
+          f"{rate / rates[res['numba']]:.2f} x the kernel alone")
+    print(f"the same scan on the per-trajectory kernel: {old:.3g} element-steps/s = "
+          f"{old / plain:.2f} x plain (tuned), {old / plain_d:.2f} x plain (defaults); "
+          f"the SoA scan is {rate / old:.2f} x it")
+    print(f"the plain baselines over the per-trajectory kernel: tuned {plain / old_kernel:.2f}, "
+          f"defaults {plain_d / old_kernel:.2f} (the issue's plain SoA kernel: "
+          f"{ISSUE_PLAIN_OVER_KERNEL:.2f}, its scan {ISSUE_SCAN_OVER_PLAIN:.2f} x it); scaled to "
+          f"the issue's baseline ({ISSUE_PLAIN_OVER_KERNEL:.2f} x the per-trajectory kernel of this "
+          f"run) the end-to-end rate is "
+          f"{rate / (ISSUE_PLAIN_OVER_KERNEL * old_kernel):.2f} x it")
+    return dict(rate=rate, per_trajectory_rate=old, over_plain=rate / plain,
+                over_plain_defaults=rate / plain_d,
+                over_issue_baseline=rate / (ISSUE_PLAIN_OVER_KERNEL * old_kernel))
 
 
 def _timed(fn):
