@@ -8,7 +8,9 @@ so the units run at their throughput, not their latency, as in the SoA toy kerne
 (kernels/_soa.py). One division (``x = a / x``), one square root (``x = sqrt(c * x)``, the product
 hides under the root) or 8 FMAs (``x = x * a + b``, 8 times) per lane and repeat, in float64 and
 float32, on one thread and on all. Best of several repeats: other processes load a shared machine,
-so the numbers are lower bounds of the hardware's.
+so the numbers are lower bounds of the hardware's. A fourth loop mixes one division and 8 FMAs
+on independent chains: its time against the sum of the parts' says how far the divider and the
+FMA pipes overlap (`overlap`), which the roofline of bench_kernels.py needs to add the ceilings.
 """
 from __future__ import annotations
 
@@ -65,8 +67,40 @@ def _fma(x, reps):
                 v[lane] = y
 
 
-#: operations per lane and repeat of each loop
-_KERNELS = {"div": (_div, 1), "sqrt": (_sqrt, 1), "fma": (_fma, 8)}
+@njit(**_J)
+def _mix(x, reps):
+    """One division and 8 FMAs per lane and repeat, on two independent chains: whether the divider
+    and the FMA pipes overlap (the SoA step mixes both)."""
+    a = x.dtype.type(1.5)
+    p = x.dtype.type(0.999)
+    q = x.dtype.type(0.001)
+    for blk in prange(x.shape[0]):
+        v = x[blk]
+        u = np.full(LANES, x.dtype.type(0.5))
+        for _ in range(reps):
+            for lane in range(LANES):
+                v[lane] = a / v[lane]
+                y = u[lane]
+                y = y * p + q
+                y = y * p + q
+                y = y * p + q
+                y = y * p + q
+                y = y * p + q
+                y = y * p + q
+                y = y * p + q
+                y = y * p + q
+                u[lane] = y
+        v[0] += u[0] * x.dtype.type(0.0)   # keeps the FMA chain live (u is local to the block)
+
+
+#: operations per lane and repeat of each loop ("mix": lane-repeats of one division and 8 FMAs)
+_KERNELS = {"div": (_div, 1), "sqrt": (_sqrt, 1), "fma": (_fma, 8), "mix": (_mix, 1)}
+
+
+def overlap(ops: dict) -> float:
+    """Time of the mixed loop over the sum of its parts' times (1: the divider and the FMAs add up;
+    their max over their sum: they overlap fully)."""
+    return (1.0 / ops["mix"]) / (1.0 / ops["div"] + 8.0 / ops["fma"])
 
 
 def measure(dtype=np.float64, threads=None, repeat=5, seconds=0.05) -> dict:
@@ -115,6 +149,8 @@ def main(argv=None):
         full = measure(dt, n, rep)
         for op in _KERNELS:
             print(f"| {op} | {np.dtype(dt).name} | {one[op]:.3g} | {full[op]:.3g} |")
+        print(f"{np.dtype(dt).name}: the mixed loop takes {overlap(full):.2f} of the sum of its "
+              "parts' times (1: divisions and FMAs add up)")
     return 0
 
 

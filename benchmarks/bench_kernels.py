@@ -34,6 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+import _asm_counts  # noqa: E402
 import _baselines  # noqa: E402
 import _bench_momentum  # noqa: E402
 import bench_divsqrt  # noqa: E402
@@ -255,12 +256,14 @@ def print_workload(res, peak, gpus):
 
 
 def roofline(results, ceil):
-    """The toy kernels against their division/sqrt and FLOP ceilings on this CPU."""
+    """The toy kernels against their division/sqrt and FLOP ceilings on this CPU, then the SoA
+    kernel against the bound of what its compiled step issues (`_asm_counts`)."""
     print("\n## Roofline (float64, all threads; ceilings from bench_divsqrt in this run: "
           f"div {ceil['div']:.3g}/s, sqrt {ceil['sqrt']:.3g}/s, FMA {ceil['fma']:.3g}/s)")
     print("| workload | kernel | FLOP/el-step | div/el-step | sqrt/el-step | div+sqrt ceiling | "
           "FLOP ceiling | measured | % of the lower ceiling |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    soa = []
     for res in results:
         if res["kind"] != "toy" or res["constraint"] != "total" or res["n"] != 3:
             continue
@@ -268,12 +271,38 @@ def roofline(results, ceil):
         rows = [(kern, res["rates"][res["numba"]])]
         if kern == "soa":
             rows.append(("plain", res["rates"][PLAIN]))
+            soa.append(res)
         for kern, rate in rows:
             fl, dv, sq = op_counts(kern, res["n"], res["d"])
             c_div = 1.0 / (dv / ceil["div"] + sq / ceil["sqrt"])   # one divide/sqrt unit per core
             c_flop = 2 * ceil["fma"] / fl
             print(f"| d={res['d']} | {kern} | {fl:.1f} | {dv:.3f} | {sq:.3f} | {c_div:.3g} | "
                   f"{c_flop:.3g} | {rate:.3g} | {100 * rate / min(c_div, c_flop):.0f} |")
+    if not soa:
+        return
+    over = bench_divsqrt.overlap(ceil) if "mix" in ceil else float("nan")
+    print("\nWhat the SoA step issues, counted from its compiled assembly (`_asm_counts`: vector "
+          "arithmetic apart from divisions and roots, moves not counted; per element-step in lane-"
+          "operations, tail steps weighted by the tail fraction). Issue ceiling: every arithmetic "
+          "instruction at the FMA rate; additive bound: issue, division and sqrt times summed (the "
+          f"mixed loop of bench_divsqrt took {over:.2f} of the sum of its parts' times in this run)")
+    print("| workload | arith/el-step | div/el-step | sqrt/el-step | issue ceiling | div+sqrt "
+          "ceiling | additive bound | measured | % of the additive bound |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for res in soa:
+        plain = _asm_counts.step_counts(res["n"], res["d"], tail=False)
+        tail = _asm_counts.step_counts(res["n"], res["d"], tail=True)
+        if plain is None or tail is None:
+            print(f"| d={res['d']} | assembly not readable here | | | | | | | |")
+            continue
+        w = res["tail"] / res["steps"]
+        ar, dv, sq = ((1 - w) * p + w * t for p, t in zip(plain, tail))
+        c_issue = ceil["fma"] / ar
+        c_div = 1.0 / (dv / ceil["div"] + sq / ceil["sqrt"])
+        bound = 1.0 / (1.0 / c_issue + 1.0 / c_div)
+        rate = res["rates"][res["numba"]]
+        print(f"| d={res['d']} | {ar:.2f} | {dv:.3f} | {sq:.3f} | {c_issue:.3g} | {c_div:.3g} | "
+              f"{bound:.3g} | {rate:.3g} | {100 * rate / bound:.0f} |")
 
 
 def label_agreement(quick):
