@@ -275,18 +275,24 @@ def compute_chunk(task: ChunkTask) -> dict:
     cc, cs = len(task.configs), task.seeds.size
     shape = lead + (cc, cs)
     G = task.n_groups or max(p.n_groups for p in task.configs)
-    out = {}
-    for name, vdt in spec.cell_vars().items():
-        full = shape + ((G,) if name in spec.group_vars() else ())
-        fill = np.nan if vdt.kind == "f" else FILLS[name]
-        out[name] = np.full(full, fill, vdt)
     groups: dict = {}
     for j, p in enumerate(task.configs):
         groups.setdefault(_problem_key(p), []).append(j)
+    # one group of every configuration (the usual chunk): each result fills its variable whole, so
+    # it becomes the variable (no prefilled array, no copy); otherwise prefill and place per group
+    whole = len(groups) == 1
+    labels = ("regime", "period", "converged", "group_period")   # set by `_label` or per group
+    out = {}
+    for name, vdt in spec.cell_vars().items():
+        if whole and name not in labels and name not in spec.group_vars():
+            continue
+        full = shape + ((G,) if name in spec.group_vars() else ())
+        fill = np.nan if vdt.kind == "f" else FILLS[name]
+        out[name] = np.full(full, fill, vdt)
+    cell_dtypes = spec.cell_vars()
     start = "total" if spec.mode == "wd" else spec.constraint
     twin_run = spec.lyapunov
-    used, res_names = set(), [n for n in spec.cell_vars() if n not in ("regime", "period",
-                                                                        "converged", "group_period")]
+    used, res_names = set(), [n for n in spec.cell_vars() if n not in labels]
     for members in groups.values():
         rep = task.configs[members[0]]
         g = len(members)
@@ -318,6 +324,8 @@ def compute_chunk(task: ChunkTask) -> dict:
             if name in spec.group_vars():
                 out[name][..., members, :, :n] = vals.reshape(lead + (g, cs, n)).astype(
                     out[name].dtype, copy=False)
+            elif whole:
+                out[name] = vals.reshape(lead + (g, cs)).astype(cell_dtypes[name], copy=False)
             else:
                 out[name][..., members, :] = vals.reshape(lead + (g, cs)).astype(out[name].dtype,
                                                                                  copy=False)
