@@ -47,6 +47,7 @@ from ._soa_layout import (
     A_SMIN,
     FTZ_DAZ,
     INDIVIDUAL,
+    LAZY,
     N_A,
     N_ROWS,
     R_AL,
@@ -54,6 +55,7 @@ from ._soa_layout import (
     R_NW,
     R_RAD,
     R_RHO,
+    R_K,
     R_ST,
     R_SV,
     R_TH,
@@ -71,11 +73,21 @@ from ._soa_layout import (
     prange,
     set_fpmode,  # noqa: F401
     sqrt,
+    redo_exact,
+    step_lazy,
     step_plain,
     step_tail,
     twin_plain,
     twin_tail,
 )
+
+
+#: status codes of the deferred steps, in the state's dtype: a lane for the exact step, a hidden one
+REDO, HIDE = 3.0, 4.0
+#: the largest $K_i$ ($2\alpha_i\tilde\eta$, total) of a block that defers its projections (`lazy_ok`)
+K_MAX = 2.0 ** 16
+#: the squared radii (groups and total) of a block that defers its projections
+R2_MIN, R2_MAX = 2.0 ** -20, 2.0 ** 20
 
 
 # -- one step of a block ----------------------------------------------------------------------------
@@ -164,16 +176,149 @@ def step_source(n: int, d: int, individual: bool, tail: bool) -> str:
             "    return failed\n")
 
 
-def unrolled_step(n, d, individual, tail, names, qualname):
-    """The function `step_source` writes, its globals ``names`` (the layout's rows, ``L``,
-    ``sqrt``, ``_asin``), named ``qualname`` (uncompiled: the caller jits it)."""
+def unrolled_step(n, d, individual, tail, names, qualname, lazy=False):
+    """The function `step_source` (``lazy``: `lazy_step_source`) writes, its globals ``names``
+    (the layout's rows, ``L``, ``sqrt``, ``_asin``; ``GROW`` for the lazy step), named ``qualname``
+    (uncompiled: the caller jits it)."""
     if names["R_TH"] != 0:
-        raise ValueError("step_source assumes the state rows start the block (R_TH == 0)")
+        raise ValueError("the step sources assume the state rows start the block (R_TH == 0)")
     ns = dict(names, math=math)
-    exec(compile(step_source(n, d, individual, tail), f"<{qualname}>", "exec"), ns)
-    fn = ns["lane_step"]
+    src = lazy_step_source(n, d, individual) if lazy else step_source(n, d, individual, tail)
+    exec(compile(src, f"<{qualname}>", "exec"), ns)
+    fn = ns["lazy_step" if lazy else "lane_step"]
     fn.__qualname__ = qualname
     return fn
+
+
+def lazy_step_source(n: int, d: int, individual: bool) -> str:
+    r"""Python source of ``lazy_step(W, A)``: a step of the block's lanes with the projection
+    deferred (T51), for the steps before the tail of kernels without the twin.
+
+    The toy's loss is invariant to the scale of each group and its gradient is homogeneous of
+    degree $-1$: $\nabla F(c\,u)=\nabla F(u)/c$. So the projected step $\theta'=P(\theta-\eta
+    \nabla F(\theta))$ with $\theta=c\,u$, $c=\rho/\|u\|$, is $\theta'=P(u')$ for
+    $u'=u-\eta\,(\|u\|^2/\rho^2)\,\nabla F(u)$ (per group with $r_i/\|u_i\|$ under the individual
+    constraint): the rows hold $u$, never projected, and no root or division of the rescale is
+    needed. Per group, with $x=u_{i,0}$, $p=\sum_{k\ge1}u_{i,k}^2$, $s=p+x^2$ and
+    $K_i=2\alpha_i\eta/\rho^2=2\alpha_i\tilde\eta$ (total) or $2\alpha_i\eta/r_i^2$ (individual;
+    the ``R_K`` rows):
+    $h=K_i\,x\,(\|u\|^2/s)/s$ (total, in that order: every factor stays near the scale of its
+    own quantity; $K_i\,x/s$ individual), $u'_0=x+h\,p$,
+    $u'_k=u_k-h\,x\,u_k$. Exact arithmetic gives the spec's states; rounding differs at the level
+    of one step's (the spec rounds the projected state every step).
+
+    $\|u\|$ only grows ($\nabla F(u)\perp u$): the step returns ``(redo, grow)``, ``grow`` when a
+    valid lane's $\|u\|^2$ (a group's, individual) passed ``GROW`` times its radius squared, and
+    the caller then projects the block (`normalize`), so that the squares stay far from
+    overflow; ``redo`` when a lane's new state was not plainly valid, which the exact step then
+    takes (`lane_redo`): the deferred step never decides a failure.
+    """
+    x = [[f"x{i}_{k}" for k in range(d)] for i in range(n)]
+    v = [[f"v{i}_{k}" for k in range(d)] for i in range(n)]
+    body = [f"{x[i][k]} = W[{i * d + k} * L + l]" for i in range(n) for k in range(d)]
+    for i in range(n):
+        xi = x[i]
+        body += [f"perp{i} = " + " + ".join(f"{xi[k]} * {xi[k]}" for k in range(1, d)),
+                 f"sq{i} = perp{i} + {xi[0]} * {xi[0]}"]
+    if not individual:
+        body.append("tot = zero + " + " + ".join(f"sq{i}" for i in range(n)))
+    for i in range(n):
+        xi = x[i]
+        body.append(f"inv = one / sq{i}")
+        body.append(f"h = W[(R_K + {i}) * L + l] * {xi[0]} * inv" if individual else
+                    f"h = W[(R_K + {i}) * L + l] * {xi[0]} * (tot * inv) * inv")
+        body += [f"{v[i][0]} = {xi[0]} + h * perp{i}", f"hx = h * {xi[0]}",
+                 f"vs{i} = {v[i][0]} * {v[i][0]}"]
+        for k in range(1, d):
+            body += [f"{v[i][k]} = {xi[k]} - hx * {xi[k]}", f"vs{i} += {v[i][k]} * {v[i][k]}"]
+    # a lane whose new state is not plainly valid is not committed but marked for the exact step
+    # (`lane_redo`): non-finite or zero, past LIMIT times its squared radius, or a group's share
+    # (individual: its squared norm over its radius's) below SHARE_MIN. Where the spec fails, its
+    # state's squares have overflowed or a share has underflowed; the deferred ones (scaled by
+    # |u|/rho >= 1) are then past these bounds, so a failure is always decided by the exact step
+    # (one comparison per bound: ``not x <= b`` holds for NaN too, ``x < b`` for none)
+    if individual:
+        for i in range(n):
+            body += [f"r2 = W[(R_RAD + {i}) * L + l] * W[(R_RAD + {i}) * L + l]",
+                     (f"bad = (not (vs{i} <= r2 * limit)) | (vs{i} < r2 * share_min)" if i == 0 else
+                      f"bad = bad | (not (vs{i} <= r2 * limit)) | (vs{i} < r2 * share_min)"),
+                     f"big = big | (vs{i} > r2 * grow_at)" if i else f"big = vs{i} > r2 * grow_at"]
+    else:
+        body += ["totv = zero + " + " + ".join(f"vs{i}" for i in range(n)),
+                 "r2 = W[R_RHO * L + l] * W[R_RHO * L + l]",
+                 "small = totv * share_min",
+                 "bad = (not (totv <= r2 * limit)) | (not (totv > zero)) | "
+                 + " | ".join(f"(vs{i} < small)" for i in range(n)),
+                 "big = totv > r2 * grow_at"]
+    body += ["st = W[R_ST * L + l]",
+             "alive = st == zero",
+             "ok = alive & (not bad)",
+             "again = alive & bad",
+             "W[R_ST * L + l] = redo_code if again else st",
+             "redo = redo | again",
+             "grow = grow | (ok & big)"]
+    body += [f"W[{i * d + k} * L + l] = {v[i][k]} if ok else {x[i][k]}"
+             for i in range(n) for k in range(d)]
+    lines = "\n".join(body).replace("\n", "\n        ")
+    return ("def lazy_step(W, A):\n"
+            "    dt = W.dtype.type\n    zero = dt(0.0)\n    one = dt(1.0)\n"
+            "    grow_at = dt(GROW)\n    limit = dt(LIMIT)\n    share_min = dt(SHARE_MIN)\n"
+            "    redo_code = dt(REDO)\n"
+            "    redo = False\n    grow = False\n"
+            "    for l in range(L):\n"
+            f"        {lines}\n"
+            "    return redo, grow\n")
+
+
+def lane_redo(W, A):
+    """The exact step (``step_plain``) for the lanes `lazy_step_source` marked ``REDO``, after
+    `normalize`: the other live lanes are hidden (status ``HIDE``) and restored; the marked lanes
+    take the spec's step, and its failures. Returns whether one failed. Rare: a scalar pass."""
+    for l in range(L):
+        st = W[R_ST * L + l]
+        W[R_ST * L + l] = 0.0 if st == REDO else (HIDE if st == 0.0 else st)
+    failed = step_plain(W, A)
+    for l in range(L):
+        if W[R_ST * L + l] == HIDE:
+            W[R_ST * L + l] = 0.0
+    return failed
+
+
+def normalize(W):
+    r"""Project every lane's rows onto its constraint set: $u\,\rho/\|u\|$ (total) or
+    $u_i\,r_i/\|u_i\|$ (individual); after deferred steps (`lazy_step_source`) and before the
+    tail, whose steps project every time. Frozen lanes hold a valid state, so theirs is finite."""
+    dt = W.dtype.type
+    zero = dt(0.0)
+    for l in range(L):
+        tot = zero
+        for i in range(N):
+            s = zero
+            for k in range(D):
+                s += W[(R_TH + i * D + k) * L + l] * W[(R_TH + i * D + k) * L + l]
+            W[(R_SV + i) * L + l] = s
+            tot += s
+        f = W[R_RHO * L + l] / sqrt(tot)
+        for i in range(N):
+            fi = W[(R_RAD + i) * L + l] / sqrt(W[(R_SV + i) * L + l]) if INDIVIDUAL else f
+            for k in range(D):
+                W[(R_TH + i * D + k) * L + l] *= fi
+
+
+def lazy_ok(W):
+    """Whether the block may defer its projections: every lane's $K_i$ (`lazy_step_source`)
+    at most ``K_MAX`` (far above the phase diagrams' ELRs; beyond it steps overflow, and the
+    projected steps overflow exactly where the spec does) and its squared radii (groups and total)
+    within ``[R2_MIN, R2_MAX]``, so that the deferred squares, up to ``GROW`` times larger, stay
+    normal in float32 too."""
+    ok = True
+    for l in range(L):
+        for i in range(N):
+            r = W[(R_RAD + i) * L + l]
+            ok = ok & (W[(R_K + i) * L + l] <= K_MAX) & (r * r >= R2_MIN) & (r * r <= R2_MAX)
+        rho = W[R_RHO * L + l]
+        ok = ok & (rho * rho <= R2_MAX)
+    return ok
 
 
 def fold_tail(W, A, invk):
@@ -294,11 +439,20 @@ def toy_blocks(theta, elr, alphas, twin_dirs, steps, tail, eps, tiny, out, statu
         W = np.empty(N_ROWS * L, theta.dtype)
         A = np.empty(N_A * L, np.float64)
         load_block(theta, elr, alphas, twin_dirs, b0, eps, W, A)
+        lazy = LAZY and lazy_ok(W)   # projections deferred before the tail (no twin, sane ELRs)
         for t in range(steps):
             if t < start:
-                failed = step_plain(W, A)
-                twin_plain(W, A, eps, tiny)
+                if lazy:
+                    redo, grow = step_lazy(W, A)
+                    if redo or grow:
+                        normalize(W)
+                    failed = redo_exact(W, A) if redo else False
+                else:
+                    failed = step_plain(W, A)
+                    twin_plain(W, A, eps, tiny)
             else:
+                if lazy and t == start:
+                    normalize(W)
                 failed = step_tail(W, A)
                 fold_tail(W, A, 1.0 / (t - start + 1))
                 twin_tail(W, A, eps, tiny)
@@ -334,6 +488,17 @@ def build(jit, pjit, *, n, d, individual, twin, single, lanes, env, qualname):
         fns[f"step_{sfx}"] = jit(unrolled_step(n, d, individual, tail, g, own(f"step_{sfx}")))
         fns[f"twin_{sfx}"] = jit(bind(lane_twin if twin else no_twin, dict(g, TAIL=tail),
                                       own(f"twin_{sfx}")))
+    grow = 2.0 ** (40 if single else 200)   # |u|^2 / rho^2 up to this: s^2 and 1/s^2 stay normal
+    fns["LAZY"] = not twin
+    lim = dict(GROW=grow, LIMIT=2.0 ** (80 if single else 400), SHARE_MIN=2.0 ** -60,
+               REDO=REDO, HIDE=HIDE)
+    fns["step_lazy"] = jit(unrolled_step(n, d, individual, False, dict(g, **lim),
+                                         own("step_lazy"), lazy=True))
+    fns["redo_exact"] = jit(bind(lane_redo, dict(const, REDO=REDO, HIDE=HIDE,
+                                                  step_plain=fns["step_plain"]), own("redo_exact")))
+    fns["normalize"] = jit(bind(normalize, const, own("normalize")))
+    fns["lazy_ok"] = jit(bind(lazy_ok, dict(const, K_MAX=K_MAX, R2_MIN=R2_MIN, R2_MAX=R2_MAX),
+                              own("lazy_ok")))
     fns["mark_failed"] = jit(bind(mark_failed, const, own("mark_failed")))
     fns["fold_tail"] = jit(bind(fold_tail, const, own("fold_tail")))
     fns["load_block"] = jit(bind(_soa_io.load_block, const, own("load_block")))

@@ -26,6 +26,7 @@ from ._soa_layout import (  # noqa: F401  (rebound)
     R_TH,
     R_TL,
     R_TW,
+    R_K,
     R_WD,
     TAIL,
     TWIN,
@@ -38,7 +39,7 @@ from ._soa_layout import (  # noqa: F401  (rebound)
 
 def load_block(theta, elr, alphas, twin_dirs, b0, eps, W, A):
     r"""Transpose trajectories ``b0 ..`` into the block (padded lanes repeat ``b0``): states,
-    curvatures, radii $r_i$, $\rho$, $\eta=\tilde\eta\rho^2$ (in the state's dtype), cleared
+    curvatures, radii $r_i$, $\rho$, $\eta=\tilde\eta\rho^2$ and $2\alpha_i\tilde\eta$ (in the state's dtype), cleared
     accumulators, and with ``TWIN`` the twin's start $P(\theta_0+\epsilon\rho w)$."""
     B = theta.shape[0]
     dt = W.dtype.type
@@ -57,6 +58,10 @@ def load_block(theta, elr, alphas, twin_dirs, b0, eps, W, A):
         rho = dt(sqrt(tot))
         W[R_RHO * L + l] = rho
         W[R_LR * L + l] = elr[b] * rho * rho
+        for i in range(N):   # 2 alpha_i eta / r_i^2 (individual) or / rho^2 (total)
+            r = W[(R_RAD + i) * L + l]
+            W[(R_K + i) * L + l] = dt(2.0) * W[(R_AL + i) * L + l] * (
+                W[R_LR * L + l] / (r * r) if INDIVIDUAL else dt(elr[b]))
         W[R_ST * L + l] = dt(0.0)
         for j in range(N_A):
             A[j * L + l] = 0.0
