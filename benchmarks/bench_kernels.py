@@ -17,7 +17,9 @@ divides numba's rate by the others'.
 Then: the roofline (FLOPs, divisions and square roots per element-step counted from the kernels'
 code, the ceilings they imply from benchmarks/bench_divsqrt.py measured in this run, the fraction
 reached); the regime labels of float32 against float64 on a phase diagram; the end-to-end rate of
-``toymodel.scan`` on the d = 2 workload. Every workload uses tail = steps / 10 (the scans' ratio)
+``toymodel.scan`` on the d = 2 workload's cells at 2000 steps (the issue's end-to-end workload),
+with the plain baselines, the kernel alone and the scan on the per-trajectory kernel re-measured on
+the same cells and steps. Every workload uses tail = steps / 10 (the scans' ratio)
 and ELRs spanning c = elr * sum(alpha) in [0.3, 3] (all three regimes).
 """
 from __future__ import annotations
@@ -58,12 +60,14 @@ def op_counts(kernel, n, d, tail_frac=TAIL_FRACTION):
     """(FLOPs, divisions, square roots) per element-step of a toy kernel, counted from its code
     (total constraint, no twin; an FMA is 2 FLOPs, div and sqrt are counted apart).
 
-    ``"soa"`` (kernels/_soa.py ``lane_step``), per trajectory-step: every step, per group
-    10d + 4 FLOPs (|p|^2, r^2, coefficient, gradient, update, |v|^2, rescale, |new|^2), n + 1
-    divisions (1/r^2 per group, the rescale), 1 sqrt; tail steps add per group 2d + 5 FLOPs (loss,
-    |g|^2, sums), per trajectory 5nd + 41 FLOPs (chord, Welford, share, the arcsin polynomial,
-    sums), 3 divisions (two reciprocal norms, arcsin) and 5 roots (two norms, chord, arcsin,
-    gradient norm). ``"aos"`` (_toy_step._toy_step): per group 10d + 11 FLOPs and 2 divisions
+    ``"soa"`` (kernels/_soa.py), per trajectory-step: the steps before the tail are deferred
+    (``lazy_step_source``, T51): per group 6d + 2 FLOPs (|p|^2, r^2, the coefficient h, update,
+    |v|^2) and 1 division (1/r^2), per trajectory 2n + 3 (sums, bounds), no root; the tail steps
+    are projected (``step_source``): per group 10d + 4 FLOPs (|p|^2, r^2, coefficient, gradient,
+    update, |v|^2, rescale, |new|^2), n + 1 divisions (1/r^2 per group, the rescale), 1 sqrt, plus
+    per group 2d + 5 FLOPs (loss, |g|^2, sums), per trajectory 5nd + 41 FLOPs (chord, Welford,
+    share, the arcsin polynomial, sums), 3 divisions (two reciprocal norms, arcsin) and 5 roots
+    (two norms, chord, arcsin, gradient norm). ``"aos"`` (_toy_step._toy_step): per group 10d + 11 FLOPs and 2 divisions
     (coefficient and loss, every step), per trajectory 1 division and 1 sqrt; tail steps add
     5nd FLOPs (chord), 4 divisions and 4 roots (plus a libm arcsin). ``"plain"`` (the baseline of
     _baselines.py): per group 10d FLOPs and 1 division, per trajectory 1 division and 1 sqrt; tail
@@ -72,9 +76,10 @@ def op_counts(kernel, n, d, tail_frac=TAIL_FRACTION):
     if kernel == "plain":
         flops, div, sq = 10 * d * n, n + 1, 1
         tflops, tdiv, tsq = 3 * n + 3, n + 1, 0
-    elif kernel == "soa":
-        flops, div, sq = (10 * d + 4) * n, n + 1, 1
-        tflops, tdiv, tsq = (2 * d + 5) * n + 5 * n * d + 41, 3, 5
+    elif kernel == "soa":   # deferred steps; the tail's are projected (their extra over these)
+        flops, div, sq = (6 * d + 2) * n + 2 * n + 3, n, 0
+        tflops = (10 * d + 4) * n + (2 * d + 5) * n + 5 * n * d + 41 - flops
+        tdiv, tsq = n + 1 + 3 - div, 1 + 5
     else:
         flops, div, sq = (10 * d + 11) * n, 2 * n + 1, 1
         tflops, tdiv, tsq = 5 * n * d + 30, 4, 4
@@ -372,49 +377,72 @@ def label_agreement(quick):
                 f32_off_criteria=float(same[off].mean()))
 
 
-def scan_end_to_end(res):
-    """``toymodel.scan`` on the d = 2 workload's cells (grid ELR x seeds, same steps)."""
+#: steps of the end-to-end scan: the issue's end-to-end workload (the d = 2 cells, 2000 steps)
+SCAN_STEPS = 2000
+
+
+def scan_end_to_end(res, rounds=3):
+    """``toymodel.scan`` on the d = 2 workload's cells (ELRs x 100 seeds) at `SCAN_STEPS` steps,
+    tail steps / 10, against the plain SoA baselines, the kernel alone and the scan on the
+    per-trajectory kernel, all on the same cells and steps, interleaved in this run."""
     try:
         import toymodel
     except Exception as err:   # the scan is optional here
         print(f"\nscan end-to-end: not measured ({err})")
         return None
-    seeds = 100
-    elrs = np.geomspace(0.3, 3.0, res["B"] // seeds) / 7.0
-    kw = dict(seeds=seeds, steps=res["steps"], tail=res["tail"], backend="numba",
-              progress_bar=False)
     from toymodel.kernels import numba_cpu as nc
 
-    def run(per_trajectory=False):
+    seeds, steps = 100, SCAN_STEPS
+    tail = max(1, int(steps * TAIL_FRACTION))
+    elrs = np.geomspace(0.3, 3.0, res["B"] // seeds) / 7.0
+    alphas = [1.0, 2.0, 4.0]
+    kw = dict(seeds=seeds, steps=steps, tail=tail, backend="numba", progress_bar=False)
+    prob = SphereToy(alphas, 2)
+    # the scan's own cells: ELR-major, then seeds (one configuration)
+    th0 = dynamics.initial_states(prob, np.arange(seeds), "total")
+    th0 = np.ascontiguousarray(np.broadcast_to(th0, (elrs.size,) + th0.shape).reshape(-1, 3, 2))
+    elr = np.repeat(elrs, seeds)
+
+    def scan(per_trajectory=False):
         keep = nc.SOA_MAX_ELEMENTS
         nc.SOA_MAX_ELEMENTS = 0 if per_trajectory else keep   # the dispatch's shape rule, off
         try:
-            toymodel.scan([1.0, 2.0, 4.0], elrs[:4], **dict(kw, steps=2, tail=1))
-            return min(_timed(lambda: toymodel.scan([1.0, 2.0, 4.0], elrs, **kw))
-                       for _ in range(3))
+            toymodel.scan(alphas, elrs, **kw)
         finally:
             nc.SOA_MAX_ELEMENTS = keep
-    el = elrs.size * seeds * 6 * res["steps"]
-    rate, old = el / run(), el / run(per_trajectory=True)
-    rates = res["rates"]
-    plain, plain_d = rates[PLAIN], rates[PLAIN_DEFAULTS]
-    old_kernel = rates["numba per-trajectory kernel"]
-    print(f"\nscan end-to-end (toymodel.scan, {elrs.size} ELRs x {seeds} seeds, steps="
-          f"{res['steps']}): {rate:.3g} element-steps/s = {rate / plain:.2f} x the plain SoA kernel "
-          f"(tuned), {rate / plain_d:.2f} x the plain SoA kernel (numba defaults), "
-          f"{rate / rates[res['numba']]:.2f} x the kernel alone")
-    print(f"the same scan on the per-trajectory kernel: {old:.3g} element-steps/s = "
-          f"{old / plain:.2f} x plain (tuned), {old / plain_d:.2f} x plain (defaults); "
-          f"the SoA scan is {rate / old:.2f} x it")
-    print(f"the plain baselines over the per-trajectory kernel: tuned {plain / old_kernel:.2f}, "
-          f"defaults {plain_d / old_kernel:.2f} (the issue's plain SoA kernel: "
-          f"{ISSUE_PLAIN_OVER_KERNEL:.2f}, its scan {ISSUE_SCAN_OVER_PLAIN:.2f} x it); scaled to "
-          f"the issue's baseline ({ISSUE_PLAIN_OVER_KERNEL:.2f} x the per-trajectory kernel of this "
-          f"run) the end-to-end rate is "
-          f"{rate / (ISSUE_PLAIN_OVER_KERNEL * old_kernel):.2f} x it")
-    return dict(rate=rate, per_trajectory_rate=old, over_plain=rate / plain,
-                over_plain_defaults=rate / plain_d,
-                over_issue_baseline=rate / (ISSUE_PLAIN_OVER_KERNEL * old_kernel))
+    fns = {"scan": scan,
+           "scan, per-trajectory kernel": lambda: scan(per_trajectory=True),
+           "kernel alone": lambda: backend.summarize(prob, th0, elr, steps=steps, tail=tail,
+                                                     backend="numba"),
+           PLAIN: lambda: _baselines.plain_soa(th0, elr, alphas, "total", steps, tail),
+           PLAIN_DEFAULTS: lambda: _baselines.plain_soa(th0, elr, alphas, "total", steps, tail,
+                                                        defaults=True)}
+    toymodel.scan(alphas, elrs[:4], **dict(kw, steps=2, tail=1))   # compiled and cached already
+    best = _rounds(fns, rounds, max_total=30.0)
+    el = elr.size * 6 * steps
+    r = {k: el / t for k, t in best.items()}
+    rate, old = r["scan"], r["scan, per-trajectory kernel"]
+    plain, plain_d = r[PLAIN], r[PLAIN_DEFAULTS]
+    old_kernel = res["rates"]["numba per-trajectory kernel"]
+    issue_plain = ISSUE_PLAIN_OVER_KERNEL * old_kernel
+    print(f"\n## Scan end to end (toymodel.scan, {elrs.size} ELRs x {seeds} seeds = {elr.size} "
+          f"cells, {steps} steps, tail {tail}; best of {rounds} interleaved rounds)")
+    print("| method | element-steps/s | scan / it |")
+    print("|---|---:|---:|")
+    for k, v in r.items():
+        print(f"| {k} | {v:.3g} | {rate / v:.2f} |")
+    print(f"\nend-to-end / plain SoA kernel: {rate / plain:.2f} (tuned), {rate / plain_d:.2f} "
+          f"(numba defaults); / the kernel alone: {rate / r['kernel alone']:.2f}; the scan on the "
+          f"per-trajectory kernel: {old / plain:.2f} x plain (tuned), {old / plain_d:.2f} x plain "
+          f"(defaults); the SoA scan is {rate / old:.2f} x it")
+    print(f"the plain baselines over the per-trajectory kernel (d=2 table): tuned "
+          f"{res['rates'][PLAIN] / old_kernel:.2f}, defaults "
+          f"{res['rates'][PLAIN_DEFAULTS] / old_kernel:.2f}; the issue's plain SoA kernel: "
+          f"{ISSUE_PLAIN_OVER_KERNEL:.2f} (its scan {ISSUE_SCAN_OVER_PLAIN:.2f} x it). Scaled to the "
+          f"issue's baseline ({ISSUE_PLAIN_OVER_KERNEL:.2f} x this run's per-trajectory kernel, "
+          f"{issue_plain:.3g}/s) the end-to-end rate is {rate / issue_plain:.2f} x it")
+    return dict(rates=r, steps=steps, over_plain=rate / plain, over_plain_defaults=rate / plain_d,
+                over_kernel=rate / r["kernel alone"], over_issue_baseline=rate / issue_plain)
 
 
 def _timed(fn):
@@ -451,7 +479,7 @@ def main(argv=None):
     roofline(results, ceil)
     extra = {"momentum": _bench_momentum.bench_momentum(args.quick)} if not args.only else {}
     if results and results[0]["title"].startswith("d=2") and has("numba"):
-        extra["scan_rate"] = scan_end_to_end(results[0])
+        extra["scan_rate"] = scan_end_to_end(results[0], 2 if args.quick else 3)
         extra["f32_label_agreement"] = label_agreement(args.quick)
     if args.out:
         with open(args.out, "w") as f:
