@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 
 from ._soa_layout import (  # noqa: F401  (rebound)
+    GROW,
+    LIMIT,
+    SHARE_MIN,
     A_ABOVE,
     A_ANGLE,
     A_BAD,
@@ -26,6 +29,7 @@ from ._soa_layout import (  # noqa: F401  (rebound)
     R_TH,
     R_TL,
     R_TW,
+    R_BD,
     R_K,
     R_WD,
     TAIL,
@@ -62,6 +66,12 @@ def load_block(theta, elr, alphas, twin_dirs, b0, eps, W, A):
             r = W[(R_RAD + i) * L + l]
             W[(R_K + i) * L + l] = dt(2.0) * W[(R_AL + i) * L + l] * (
                 W[R_LR * L + l] / (r * r) if INDIVIDUAL else dt(elr[b]))
+            # the deferred step's bounds on its squared norms: per group (individual) or, in the
+            # first two rows, on the total's
+            r2 = r * r if INDIVIDUAL else rho * rho
+            W[(R_BD + 3 * i) * L + l] = r2 * dt(LIMIT)
+            W[(R_BD + 3 * i + 1) * L + l] = r2 * dt(GROW)
+            W[(R_BD + 3 * i + 2) * L + l] = r2 * dt(SHARE_MIN)
         W[R_ST * L + l] = dt(0.0)
         for j in range(N_A):
             A[j * L + l] = 0.0

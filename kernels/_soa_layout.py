@@ -19,7 +19,7 @@ N_A = 8
 # the constants every template reads, bound per kernel by `build` (placeholders here)
 N = D = L = 1
 INDIVIDUAL = TWIN = TAIL = False
-R_TH = R_NW = R_AL = R_RAD = R_LR = R_RHO = R_ST = R_SV = R_TL = R_TW = R_WD = R_K = N_ROWS = 0
+R_TH = R_NW = R_AL = R_RAD = R_LR = R_RHO = R_ST = R_SV = R_TL = R_TW = R_WD = R_K = R_BD = N_ROWS = 0
 # supplied by `build` from the CPU module (prange, the MXCSR intrinsics) and compiled per kernel
 prange = range
 sqrt = math.sqrt   # bound to LLVM's sqrt intrinsic: numba's math.sqrt is a libm call, vectorised
@@ -28,6 +28,7 @@ FTZ_DAZ = 0
 get_fpmode = set_fpmode = step_plain = step_tail = twin_plain = twin_tail = None
 step_lazy = redo_exact = None
 LAZY = False
+GROW = LIMIT = SHARE_MIN = 1.0   # the deferred step's bounds (`_soa.build`)
 _asin, _log = _vecmath._asin, _vecmath._log
 
 
@@ -38,7 +39,8 @@ def layout(n: int, d: int) -> dict:
     the learning rate ``R_LR``, the radius ``R_RHO``, the status ``R_ST`` (0 alive, 1 or 2 failed,
     negative in the step it fails: `mark_failed` records the step), the group sums ``R_SV`` (``n``),
     a tail step's five values ``R_TL`` (`fold_tail`), the twin ``R_TW`` and its unit direction
-    ``R_WD`` (``n*d`` each), and the lazy step's coefficients ``R_K`` (``n``, `_soa.lazy_step_source`).
+    ``R_WD`` (``n*d`` each), and the deferred step's coefficients ``R_K`` (``n``) and bounds
+    ``R_BD`` (``3n``; `_soa.lazy_step_source`).
     The status sits in ``W``, in
     the state's dtype (0, ±1, ±2 are exact), so that a float32 step touches no float64 and
     vectorises 16 lanes wide."""
@@ -49,7 +51,8 @@ def layout(n: int, d: int) -> dict:
     r["R_TW"] = r["R_TL"] + 5
     r["R_WD"] = r["R_TW"] + nd
     r["R_K"] = r["R_WD"] + nd
-    r["N_ROWS"] = r["R_K"] + n
+    r["R_BD"] = r["R_K"] + n
+    r["N_ROWS"] = r["R_BD"] + 3 * n
     return r
 
 
