@@ -94,7 +94,8 @@ from ._soa_layout import (
 
 #: status codes of the deferred steps, in the state's dtype: a lane for the exact step, a hidden one
 REDO, HIDE = 3.0, 4.0
-#: the largest $K_i$ ($2\alpha_i\tilde\eta$, total) of a block that defers its projections (`lazy_ok`)
+#: the largest $K_i$ ($2\alpha_i\tilde\eta$, total) of a block that defers its projections
+#: (`lazy_ok`)
 K_MAX = 2.0 ** 16
 #: the squared radii (groups and total) of a block that defers its projections
 R2_MIN, R2_MAX = 2.0 ** -20, 2.0 ** 20
@@ -175,15 +176,25 @@ def step_source(n: int, d: int, individual: bool, tail: bool) -> str:
                  "W[(R_TL + 2) * L + l] = above",
                  "W[(R_TL + 3) * L + l] = sqrt(tot * gsq)",
                  "W[(R_TL + 4) * L + l] = two * _asin(min(dt(0.5) * sqrt(c2s), one))"]  # in dtype
-    body += [f"W[{i * d + k} * L + l] = {m[i][k]} if ok else {x[i][k]}"
-             for i in range(n) for k in range(d)]
+    return _lane_source("lane_step", ["two = dt(2.0)", "failed = False"],
+                        body + _commit(m, x), "failed")
+
+
+def _commit(new, old):
+    """The lane's new state where it is ``ok``, its old one elsewhere (``R_TH`` is row 0)."""
+    d = len(new[0])
+    return [f"W[{i * d + k} * L + l] = {new[i][k]} if ok else {old[i][k]}"
+            for i in range(len(new)) for k in range(d)]
+
+
+def _lane_source(name, prologue, body, returns):
+    """Source of ``def name(W, A)``: the dtype's zero and one, ``prologue``, then ``body`` as the
+    loop over the lanes (or-reductions over lanes as booleans: a count halves the float32 width)."""
+    first = ["dt = W.dtype.type", "zero = dt(0.0)", "one = dt(1.0)", *prologue]
+    pro = "".join(f"    {line}\n" for line in first)
     lines = "\n".join(body).replace("\n", "\n        ")
-    return ("def lane_step(W, A):\n"
-            "    dt = W.dtype.type\n    zero = dt(0.0)\n    one = dt(1.0)\n    two = dt(2.0)\n"
-            "    failed = False   # an or-reduction over lanes: a count halves the float32 width\n"
-            "    for l in range(L):\n"
-            f"        {lines}\n"
-            "    return failed\n")
+    return (f"def {name}(W, A):\n{pro}    for l in range(L):\n        {lines}\n"
+            f"    return {returns}\n")
 
 
 def unrolled_step(n, d, individual, tail, names, qualname, lazy=False):
@@ -269,17 +280,9 @@ def lazy_step_source(n: int, d: int, individual: bool) -> str:
              "W[R_ST * L + l] = redo_code if again else st",
              "redo = redo | again",
              "grow = grow | (ok & big)"]
-    body += [f"W[{i * d + k} * L + l] = {v[i][k]} if ok else {x[i][k]}"
-             for i in range(n) for k in range(d)]
-    lines = "\n".join(body).replace("\n", "\n        ")
-    return ("def lazy_step(W, A):\n"
-            "    dt = W.dtype.type\n    zero = dt(0.0)\n    one = dt(1.0)\n"
-            "    share_min = dt(SHARE_MIN)\n"
-            "    redo_code = dt(REDO)\n"
-            "    redo = False\n    grow = False\n"
-            "    for l in range(L):\n"
-            f"        {lines}\n"
-            "    return redo, grow\n")
+    return _lane_source("lazy_step", ["share_min = dt(SHARE_MIN)", "redo_code = dt(REDO)",
+                                      "redo = False", "grow = False"],
+                        body + _commit(v, x), "redo, grow")
 
 
 def lane_redo(W, A):

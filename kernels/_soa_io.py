@@ -43,7 +43,8 @@ from ._soa_layout import (  # noqa: F401  (rebound)
 
 def load_block(theta, elr, alphas, twin_dirs, b0, eps, W, A):
     r"""Transpose trajectories ``b0 ..`` into the block (padded lanes repeat ``b0``): states,
-    curvatures, radii $r_i$, $\rho$, $\eta=\tilde\eta\rho^2$ and $2\alpha_i\tilde\eta$ (in the state's dtype), cleared
+    curvatures, radii $r_i$, $\rho$, $\eta=\tilde\eta\rho^2$, the deferred step's coefficients and
+    bounds (in the state's dtype), cleared
     accumulators, and with ``TWIN`` the twin's start $P(\theta_0+\epsilon\rho w)$."""
     B = theta.shape[0]
     dt = W.dtype.type

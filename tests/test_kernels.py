@@ -544,9 +544,8 @@ def test_soa_deferred_blocks_renormalise_growing_states(dt, constraint):
     assert abs(a.mean() - b.mean()) <= 6 * se
     # and the final states are on the constraint set (projected at the tail's start and after)
     th, th0f = got["theta_final"][ok].astype(float), th0[ok].astype(float)
-    norms = (np.linalg.norm(th, axis=-1) / np.linalg.norm(th0f, axis=-1)
-             if constraint == "individual" else
-             np.linalg.norm(th.reshape(len(th), -1), axis=1) / np.linalg.norm(th0f.reshape(len(th), -1), axis=1))
+    flat = (lambda a: a) if constraint == "individual" else (lambda a: a.reshape(len(a), -1))
+    norms = np.linalg.norm(flat(th), axis=-1) / np.linalg.norm(flat(th0f), axis=-1)
     np.testing.assert_allclose(norms, 1.0, rtol=16 * np.finfo(dt).eps)
 
 
