@@ -40,7 +40,7 @@ def layout(n: int, d: int) -> dict:
     negative in the step it fails: `mark_failed` records the step), the group sums ``R_SV`` (``n``),
     a tail step's five values ``R_TL`` (`fold_tail`), the twin ``R_TW`` and its unit direction
     ``R_WD`` (``n*d`` each), and the deferred step's coefficients ``R_K`` (``n``) and bounds
-    ``R_BD`` (``3n``; `_soa.lazy_step_source`).
+    ``R_BD`` (``3n``; `_soa_steps.lazy_step_source`).
     The status sits in ``W``, in
     the state's dtype (0, ±1, ±2 are exact), so that a float32 step touches no float64 and
     vectorises 16 lanes wide."""
