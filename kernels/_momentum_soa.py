@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from . import _momentum_soa_io as _io
-from . import _vecmath
+from . import _soa, _vecmath
 from ._momentum_soa_io import (  # noqa: F401  (template constants, rebound by build)
     A_ABOVE,
     A_ANGLE,
@@ -61,6 +61,8 @@ from ._momentum_soa_io import (  # noqa: F401  (template constants, rebound by b
 )
 from ._momentum_step import HIT_EVERY
 from ._soa_layout import bind
+
+fold_common = mark_failed = None   # `_soa`'s templates, bound per kernel by `build`
 
 # supplied by `build` (the CPU module's intrinsics, the compiled helpers)
 prange = range
@@ -203,23 +205,12 @@ def hb_step(W):
 
 def fold_tail(W, A, invk):
     r"""Fold a tail step's values (``R_TL`` rows) into the float64 accumulators of the lanes still
-    valid, as `_momentum_step._fold` (Welford with ``invk`` $=1/k$); a loop of its own, so that a
-    float32 step touches no float64 (as `_soa.fold_tail`)."""
+    valid, as `_momentum_step._fold`: the fixed-ELR toy's fold (`_soa.fold_tail`, bound here as
+    ``fold_common``: Welford with ``invk`` $=1/k$, the share, the three sums), then the radial
+    ratio's sum (row ``R_TL + 5``); loops of their own, so that a float32 step touches no float64."""
+    fold_common(W, A, invk)
     for l in range(L):
         ok = W[R_ST * L + l] == 0.0
-        loss = 1.0 * W[R_TL * L + l]
-        mean = A[A_MEAN * L + l]
-        delta = loss - mean
-        mean_new = mean + delta * invk
-        A[A_MEAN * L + l] = mean_new if ok else mean
-        m2 = A[A_M2 * L + l]
-        A[A_M2 * L + l] = m2 + delta * (loss - mean_new) if ok else m2
-        share = 1.0 * W[(R_TL + 1) * L + l]
-        sm = A[A_SMIN * L + l]
-        A[A_SMIN * L + l] = min(sm, share) if ok else sm
-        for j in range(3):
-            v = 1.0 * W[(R_TL + 2 + j) * L + l]
-            A[(A_ABOVE + j) * L + l] += v if ok else 0.0
         rad = 1.0 * W[(R_TL + 5) * L + l]
         A[A_RADIAL * L + l] += rad if ok else 0.0
 
@@ -231,15 +222,6 @@ def check_hit(W, A, t, hit_loss):
         ok = W[R_ST * L + l] == 0.0
         h = A[A_HIT * L + l]
         A[A_HIT * L + l] = t if ok & (h == math.inf) & (W[R_TL * L + l] < hit_loss) else h
-
-
-def mark_failed(W, A, t):
-    """Record step ``t`` as the bad step of the lanes that failed in it (a rare, scalar pass)."""
-    for l in range(L):
-        st = W[R_ST * L + l]
-        if st < 0.0:
-            W[R_ST * L + l] = -st
-            A[A_BAD * L + l] = t
 
 
 def hb_blocks(theta, buf, elr, beta, alphas, steps, tail, hit_loss, out, status, bad_step):
@@ -290,8 +272,15 @@ def build(njit, fastmath, cache, *, n, d, individual, transport, single, lanes, 
     for sfx, loss, tail in (("plain", False, False), ("loss", True, False), ("tail", True, True)):
         fns[f"step_{sfx}"] = jit(bind(hb_step, dict(g, LOSS=loss, TAIL=tail),
                                       f"{qualname}__step_{sfx}"))
-    for nm, fn in (("fold_tail", fold_tail), ("check_hit", check_hit),
-                   ("mark_failed", mark_failed), ("load_block", _io.load_block),
+    # the fixed-ELR toy's templates where the step is the same, bound to this layout's rows and
+    # accumulators
+    shared = dict(const, A_MEAN=_io.A_MEAN, A_M2=_io.A_M2, A_SMIN=_io.A_SMIN,
+                  A_ABOVE=_io.A_ABOVE, A_BAD=_io.A_BAD)
+    fns["mark_failed"] = jit(bind(_soa.mark_failed, shared, f"{qualname}__mark_failed"))
+    fold_common = jit(bind(_soa.fold_tail, shared, f"{qualname}__fold_common"))
+    fns["fold_tail"] = jit(bind(fold_tail, dict(const, fold_common=fold_common),
+                                f"{qualname}__fold_tail"))
+    for nm, fn in (("check_hit", check_hit), ("load_block", _io.load_block),
                    ("store_block", _io.store_block)):
         fns[nm] = jit(bind(fn, const, f"{qualname}__{nm}"))
     return njit(bind(hb_blocks, fns, qualname), parallel=True, error_model="numpy",
