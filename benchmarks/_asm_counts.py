@@ -33,7 +33,7 @@ def step_counts(n: int, d: int, tail: bool):
                  TWIN=False)
     jit = lambda f: njit(f, error_model="numpy", fastmath=nc._SOA_FAST, nogil=True)  # noqa: E731
     g = dict(const, _asin=jit(_soa.bind(_vecmath._asin, nc._SOA_ENV, "bench_asin")), _log=None,
-             GROW=2.0 ** 200, LIMIT=2.0 ** 400, SHARE_MIN=2.0 ** -60, REDO=_soa.REDO)
+             REDO=_soa.REDO, **_soa.DEFERRED_BOUNDS[False])
     # the steps before the tail are the deferred ones (T51) in kernels without the twin
     step = jit(_soa.unrolled_step(n, d, False, tail, g, f"bench_step_{n}_{d}_{tail}",
                                   lazy=not tail))

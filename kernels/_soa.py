@@ -96,6 +96,11 @@ REDO, HIDE = 3.0, 4.0
 #: the largest $K_i$ ($2\alpha_i\tilde\eta$, total) of a block that defers its projections
 #: (`lazy_ok`)
 K_MAX = 2.0 ** 16
+#: the deferred step's bounds per dtype (``single``): a block is projected when a lane's |u|^2 has
+#: passed GROW times its squared radius; a state is plainly valid below LIMIT times it and with no
+#: share under SHARE_MIN (`_soa_steps.lazy_step_source`)
+DEFERRED_BOUNDS = {False: dict(GROW=2.0 ** 200, LIMIT=2.0 ** 400, SHARE_MIN=2.0 ** -60),
+                   True: dict(GROW=2.0 ** 40, LIMIT=2.0 ** 80, SHARE_MIN=2.0 ** -60)}
 #: the squared radii (groups and total) of a block that defers its projections
 R2_MIN, R2_MAX = 2.0 ** -20, 2.0 ** 20
 
@@ -301,8 +306,7 @@ def build(jit, pjit, *, n, d, individual, twin, single, lanes, env, qualname):
     ``FTZ_DAZ``, ``sqrt`` and the bitcasts ``_f64_bits``, ``_bits_f64``; ``qualname`` names the
     kernel (numba's cache files are named after it: it must differ for every shape and setting)."""
     const = dict(env, **layout(n, d), N=n, D=d, L=lanes, INDIVIDUAL=bool(individual),
-                 TWIN=bool(twin), GROW=2.0 ** (40 if single else 200),   # |u|^2 / r^2 up to this
-                 LIMIT=2.0 ** (80 if single else 400), SHARE_MIN=2.0 ** -60)
+                 TWIN=bool(twin), **DEFERRED_BOUNDS[bool(single)])
     asin = _vecmath._asinf if single else _vecmath._asin
 
     def own(name):
