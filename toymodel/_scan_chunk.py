@@ -282,17 +282,17 @@ def compute_chunk(task: ChunkTask) -> dict:
     # it becomes the variable (no prefilled array, no copy); otherwise prefill and place per group
     whole = len(groups) == 1
     labels = ("regime", "period", "converged", "group_period")   # set by `_label` or per group
+    cell_dtypes = spec.cell_vars()
     out = {}
-    for name, vdt in spec.cell_vars().items():
+    for name, vdt in cell_dtypes.items():
         if whole and name not in labels and name not in spec.group_vars():
             continue
         full = shape + ((G,) if name in spec.group_vars() else ())
         fill = np.nan if vdt.kind == "f" else FILLS[name]
         out[name] = np.full(full, fill, vdt)
-    cell_dtypes = spec.cell_vars()
     start = "total" if spec.mode == "wd" else spec.constraint
     twin_run = spec.lyapunov
-    used, res_names = set(), [n for n in spec.cell_vars() if n not in labels]
+    used, res_names = set(), [n for n in cell_dtypes if n not in labels]
     for members in groups.values():
         rep = task.configs[members[0]]
         g = len(members)
